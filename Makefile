@@ -1,0 +1,37 @@
+# `make test` on a fresh machine: creates .venv, installs torch (the pinned CPU wheel, only if no torch
+# is importable there), the dev tools, builds mdt_kernels._C and runs the test suite.
+PY ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+PIP := $(VPY) -m pip install --no-input
+
+.PHONY: venv build test test-cuda bench bench-micro lint clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+
+venv: $(VPY)
+	@$(VPY) -c "import torch" 2>/dev/null || $(PIP) "torch==$(TORCH_VERSION)"
+	@$(VPY) -c "import pytest, hypothesis, pytest_benchmark, triton, numpy, ninja" 2>/dev/null || \
+		$(PIP) pytest hypothesis pytest-benchmark ruff triton numpy ninja
+
+# --no-build-isolation: build against the torch in the venv (isolation would fetch a CUDA torch).
+# --no-deps: torch and friends are installed above, never resolved by pip here.
+build: venv
+	$(PIP) --no-build-isolation --no-deps -e .
+
+test: build
+	$(VPY) -m pytest -q
+
+bench: build
+	$(VPY) -m benchmarks.profile_ops
+
+bench-micro: build
+	$(VPY) -m pytest benchmarks/micro -q --benchmark-only
+
+lint: venv
+	$(VPY) -m ruff check mdt_kernels tests benchmarks
+
+clean:
+	rm -rf build *.egg-info mdt_kernels/*.so

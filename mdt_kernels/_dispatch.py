@@ -1,0 +1,149 @@
+"""The one place that decides which implementation of an op runs.
+
+Backends (all compute the same function):
+  reference  plain PyTorch, any device; the oracle.
+  cpu        C++ kernels of mdt_kernels._C, CPU tensors.
+  cuda       CUDA kernels of mdt_kernels._C (built only against a CUDA torch), CUDA tensors.
+  triton     Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (tests only: slow).
+
+The backend is global state: ``use_backend(name)`` sets it (and restores it when used as a context
+manager); ``MDT_KERNELS_BACKEND`` gives the default, else ``auto``. ``auto`` takes the first backend of
+``AUTO_ORDER[device type]`` that can run. An explicit backend that cannot run raises ``BackendError``
+with the reason; nothing is replaced silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+_CHOICES = ("auto",) + BACKENDS
+# Fastest first, per device type. Interpreted Triton on CPU is never chosen automatically.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+
+class BackendError(RuntimeError):
+    """An explicitly requested backend cannot run these inputs."""
+
+
+def _load_extension() -> str | None:
+    """Imports mdt_kernels._C (which registers the C++/CUDA kernels); returns why not, or None."""
+    try:
+        from mdt_kernels import _C  # noqa: F401
+    except ImportError as e:  # not built, or built against another torch
+        return f"the compiled extension mdt_kernels._C could not be loaded ({e}); build it with `make build`"
+    return None
+
+
+# Facts fixed at import (and so constant under torch.compile): what was built, what is installed.
+_EXT_ERROR = _load_extension()
+_EXT_KEYS = {
+    key.lower()
+    for key in ("CPU", "CUDA")
+    if _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("mdt_kernels::gather_tokens", key)
+}
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
+# Triton reads this when kernels are decorated, so a later change would not take effect anyway.
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check_name(name: str) -> str:
+    if name not in _CHOICES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(_CHOICES)}")
+    return name
+
+
+_backend = _check_name(os.environ.get("MDT_KERNELS_BACKEND", "auto").strip().lower() or "auto")
+
+
+def get_backend() -> str:
+    """The backend currently requested ('auto' or a name from BACKENDS)."""
+    return _backend
+
+
+class use_backend:
+    """Selects the backend globally; as a context manager, restores the previous one on exit.
+
+    >>> mdt_kernels.use_backend("cpu")            # from now on
+    >>> with mdt_kernels.use_backend("reference"):  # only inside the block
+    ...     y = mdt_kernels.gather_tokens(x, ids)
+    """
+
+    def __init__(self, name: str):
+        global _backend
+        self._previous = _backend
+        _backend = _check_name(name)
+
+    def __enter__(self) -> use_backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _backend
+        _backend = self._previous
+
+
+def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
+    """Why ``backend`` cannot run on tensors of ``device``; None when it can."""
+    dev = torch.device(device).type
+    if backend == "reference":
+        return None
+    if backend in ("cpu", "cuda"):
+        if dev != backend:
+            return f"the {backend} backend runs on {backend} tensors, these are on {dev}"
+        if _EXT_ERROR is not None:
+            return _EXT_ERROR
+        if backend not in _EXT_KEYS:
+            return f"mdt_kernels._C was built without {backend} kernels (torch without CUDA or no nvcc at build time)"
+        return None
+    if backend == "triton":
+        if not _HAS_TRITON:
+            return "triton is not installed"
+        if dev == "cuda":
+            return None
+        if dev == "cpu":
+            if _TRITON_INTERPRET:
+                return None
+            return "Triton runs CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)"
+        return f"Triton does not run on {dev} tensors"
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Backends that can run here: for ``device`` if given, else for any device this machine has."""
+    if device is not None:
+        return [b for b in BACKENDS if unavailable_reason(b, device) is None]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [b for b in BACKENDS if any(unavailable_reason(b, d) is None for d in devices)]
+
+
+_warned: set[str] = set()
+
+
+def resolve(op: str, device: torch.device) -> str:
+    """The backend that will run ``op`` for tensors on ``device`` under the current setting."""
+    if _backend != "auto":
+        why = unavailable_reason(_backend, device)
+        if why is not None:
+            raise BackendError(f"mdt_kernels.{op}: backend {_backend!r} cannot run: {why}")
+        return _backend
+    for name in AUTO_ORDER.get(device.type, ("reference",)):
+        if unavailable_reason(name, device) is None:
+            if name == "reference" and device.type in AUTO_ORDER and device.type not in _warned:
+                _warned.add(device.type)
+                warnings.warn(
+                    f"mdt_kernels: no fused backend for {device.type} tensors "
+                    f"({unavailable_reason(AUTO_ORDER[device.type][0], device)}); using the PyTorch reference",
+                    stacklevel=3,
+                )
+            return name
+    return "reference"
+
+
+def pick(op: str, impls: dict[str, Callable], device: torch.device) -> Callable:
+    """The implementation of ``op`` to call for tensors on ``device``."""
+    return impls[resolve(op, device)]

@@ -1,0 +1,1 @@
+"""One module per op: reference, Triton kernels, registration, autograd and the public function."""

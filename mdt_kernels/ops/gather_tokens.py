@@ -1,0 +1,135 @@
+"""gather_tokens(x, ids) -> x[b, ids[b, k]] for every sample b: the encoder input of MDT's masked pass.
+
+MDT (like MAE) writes this as ``torch.gather(x, 1, ids.unsqueeze(-1).repeat(1, 1, D))``, which builds an
+int64 (B,K,D) index: 8 bytes of index per element moved. The kernels here read one int64 per row.
+Backward scatter-adds the gradient rows back (duplicate ids accumulate).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _checks, _dispatch
+from .._triton import block_size, cdiv, jit, tl
+
+# ---------------------------------------------------------------------------------------------------
+# Reference
+
+
+def gather_tokens_ref(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Plain PyTorch: an expanded (not materialised) index into torch.gather."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton kernels
+
+
+@jit
+def _gather_tokens_fwd_kernel(x_ptr, ids_ptr, out_ptr, N, K, D, BLOCK_D: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # b * K + k
+    offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = offs < D
+    src = (row // K * N + tl.load(ids_ptr + row)) * D
+    tl.store(out_ptr + row * D + offs, tl.load(x_ptr + src + offs, mask=mask), mask=mask)
+
+
+@jit
+def _gather_tokens_bwd_kernel(grad_ptr, ids_ptr, dx_ptr, N, K, D, BLOCK_D: tl.constexpr):
+    # dx is fp32 and zeroed; atomics make duplicate ids accumulate (in arbitrary order on GPU).
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = offs < D
+    dst = (row // K * N + tl.load(ids_ptr + row)) * D
+    g = tl.load(grad_ptr + row * D + offs, mask=mask).to(tl.float32)
+    tl.atomic_add(dx_ptr + dst + offs, g, mask=mask)
+
+
+@torch.library.custom_op("mdt_kernels::gather_tokens_triton", mutates_args=())
+def gather_tokens_triton(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    x, ids = x.contiguous(), ids.contiguous()
+    (B, N, D), K = x.shape, ids.shape[1]
+    out = x.new_empty((B, K, D))
+    if out.numel() > 0:
+        BLOCK_D = block_size(D)
+        _gather_tokens_fwd_kernel[(B * K, cdiv(D, BLOCK_D))](x, ids, out, N, K, D, BLOCK_D=BLOCK_D)
+    return out
+
+
+@torch.library.custom_op("mdt_kernels::gather_tokens_backward_triton", mutates_args=())
+def gather_tokens_backward_triton(grad: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    grad, ids = grad.contiguous(), ids.contiguous()
+    (B, K, D), N = grad.shape, num_tokens
+    dx = grad.new_zeros((B, N, D), dtype=torch.float32)
+    if grad.numel() > 0:
+        BLOCK_D = block_size(D)
+        _gather_tokens_bwd_kernel[(B * K, cdiv(D, BLOCK_D))](grad, ids, dx, N, K, D, BLOCK_D=BLOCK_D)
+    return dx.to(grad.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registration: fake (meta) kernels and autograd for the C++/CUDA op and its Triton twin
+
+
+def _fake_forward(x, ids):
+    return x.new_empty((x.shape[0], ids.shape[1], x.shape[2]))
+
+
+def _fake_backward(grad, ids, num_tokens):
+    return grad.new_empty((grad.shape[0], num_tokens, grad.shape[2]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, ids = inputs
+    ctx.save_for_backward(ids)
+    ctx.num_tokens = x.shape[1]
+
+
+def _autograd(backward_op):
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        return backward_op(grad, ids, ctx.num_tokens), None
+
+    return backward
+
+
+torch.library.register_fake("mdt_kernels::gather_tokens_triton", _fake_forward)
+torch.library.register_fake("mdt_kernels::gather_tokens_backward_triton", _fake_backward)
+torch.library.register_autograd(
+    "mdt_kernels::gather_tokens_triton", _autograd(gather_tokens_backward_triton), setup_context=_setup_context
+)
+if _dispatch._EXT_ERROR is None:
+    torch.library.register_fake("mdt_kernels::gather_tokens", _fake_forward)
+    torch.library.register_fake("mdt_kernels::gather_tokens_backward", _fake_backward)
+    torch.library.register_autograd(
+        "mdt_kernels::gather_tokens",
+        _autograd(lambda g, ids, n: torch.ops.mdt_kernels.gather_tokens_backward(g, ids, n)),
+        setup_context=_setup_context,
+    )
+
+
+def _compiled(x, ids):
+    return torch.ops.mdt_kernels.gather_tokens(x, ids)
+
+
+IMPLS = {"reference": gather_tokens_ref, "cpu": _compiled, "cuda": _compiled, "triton": gather_tokens_triton}
+
+# ---------------------------------------------------------------------------------------------------
+# Public function
+
+
+def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Gathers the tokens ``ids`` of every sample.
+
+    Args:
+        x: (B, N, D) float32/float16/bfloat16/float64 tokens.
+        ids: (B, K) integer positions in [0, N) (int64, or int32 which is widened). Duplicates are
+            allowed; their gradients accumulate.
+    Returns:
+        (B, K, D) tensor of x's dtype with ``out[b, k] = x[b, ids[b, k]]``. Differentiable in x.
+    """
+    _checks.check_tensor("x", x, 3, "(B, N, D)")
+    _checks.check_float("x", x)
+    _checks.check_same("device", x=x, ids=ids if isinstance(ids, torch.Tensor) else None)
+    ids = _checks.check_ids("ids", ids, x.shape[0], x.shape[1])
+    return _dispatch.pick("gather_tokens", IMPLS, x.device)(x, ids)
