@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from collections.abc import Callable
 
 import torch
 
@@ -143,7 +142,3 @@ def resolve(op: str, device: torch.device) -> str:
             return name
     return "reference"
 
-
-def pick(op: str, impls: dict[str, Callable], device: torch.device) -> Callable:
-    """The implementation of ``op`` to call for tensors on ``device``."""
-    return impls[resolve(op, device)]

@@ -1,0 +1,118 @@
+"""Timing, bandwidth and the Case type shared by the per-op benchmark cases.
+
+A Case is one (op, shape, mode) row. Its `providers` map a name to a zero-argument callable doing the
+timed work: "eager" (the plain-PyTorch reference), "compile" (torch.compile of that reference),
+"baseline" (what MDT/DiT code does today, e.g. repeat + torch.gather), and one entry per backend that
+can run here. `nbytes` is the minimal number of bytes the mode must move, for achieved GB/s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+import mdt_kernels as mk
+
+# MDTv2 shapes from ../shared/MDT_SPEC.md: 256 tokens (16x16 grid), ~60% kept in the masked pass.
+SHAPES = {
+    "S/2": dict(B=32, N=256, G=16, D=384, H=6, K=153),
+    "XL/2": dict(B=8, N=256, G=16, D=1152, H=16, K=153),
+}
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+@dataclass
+class Case:
+    op: str
+    shape: str
+    mode: str
+    nbytes: int
+    providers: dict[str, Callable[[], object]] = field(default_factory=dict)
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], device, min_time: float = 0.3, min_reps: int = 7, warmup: int = 2) -> float:
+    """Median wall time of fn() in seconds, synchronising the device around every call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < 1000):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device, nbytes: int = 256 * 2**20) -> float:
+    """Measured device copy bandwidth in GB/s (bytes read + bytes written per second)."""
+    src = torch.randn(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / median_time(lambda: dst.copy_(src), device, min_time=1.0) / 1e9
+
+
+def timed_closure(fn: Callable, inputs: Sequence, grad_inputs: Sequence[torch.Tensor], grads, mode: str):
+    """A zero-argument callable running `fn(*inputs)` forward, backward, or both.
+
+    fwd runs under no_grad; bwd times torch.autograd.grad on a graph built once (retain_graph);
+    fwd+bwd builds the graph and differentiates it, as a training step does.
+    """
+    grads = grads if isinstance(grads, (tuple, list)) else (grads,)
+
+    def outputs(out):
+        return out if isinstance(out, (tuple, list)) else (out,)
+
+    if mode == "fwd":
+
+        def run():
+            with torch.no_grad():
+                return fn(*inputs)
+
+        return run
+    if mode == "bwd":
+        out = outputs(fn(*inputs))
+        return lambda: torch.autograd.grad(out, grad_inputs, grads, retain_graph=True)
+    if mode == "fwd+bwd":
+        return lambda: torch.autograd.grad(outputs(fn(*inputs)), grad_inputs, grads)
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def with_backend(backend: str, fn: Callable) -> Callable:
+    def run(*args):
+        with mk.use_backend(backend):
+            return fn(*args)
+
+    return run
+
+
+def op_providers(
+    public_fn: Callable,
+    reference: Callable,
+    baseline: Callable | None,
+    inputs: Sequence,
+    grad_inputs: Sequence[torch.Tensor],
+    grads,
+    mode: str,
+    device,
+) -> dict[str, Callable[[], object]]:
+    """The standard provider set of an op: eager reference, torch.compile(reference), the baseline,
+    and the public function on every backend that can run on `device` (interpreted Triton excluded)."""
+    dev = torch.device(device)
+    fns: dict[str, Callable] = {"eager": reference, "compile": torch.compile(reference, dynamic=False)}
+    if baseline is not None:
+        fns["baseline"] = baseline
+    for b in mk.available_backends(dev):
+        if b == "reference" or (b == "triton" and dev.type == "cpu"):
+            continue
+        fns[b] = with_backend(b, public_fn)
+    return {name: timed_closure(f, inputs, grad_inputs, grads, mode) for name, f in fns.items()}

@@ -1,0 +1,60 @@
+"""Shared test helpers: which (backend, device) pairs can run here, and one tolerance table per dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import settings
+
+import mdt_kernels as mk
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FUSED = ("cpu", "cuda", "triton")
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+# Tolerances for results that involve rounding (sums); pure copies are compared exactly.
+TOL = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+}
+
+# Hypothesis profiles: few examples, no deadline (first calls compile or warm caches).
+settings.register_profile("kernels", max_examples=25, deadline=None, derandomize=True)
+settings.register_profile("interpreted", max_examples=8, deadline=None, derandomize=True)
+
+
+def backend_device_pairs(backends=FUSED) -> list:
+    """pytest params (backend, device) for every listed backend that can run here; the others are
+    reported as skipped with the reason, so a missing build is visible, never silent."""
+    params = []
+    for device in ["cpu", "cuda"]:
+        for b in backends:
+            if b in ("cpu", "cuda") and b != device:
+                continue
+            marks = [pytest.mark.triton] if b == "triton" else []
+            if device == "cuda":
+                marks.append(pytest.mark.cuda)
+            why = None if device in DEVICES else "no CUDA device"
+            why = why or mk._dispatch.unavailable_reason(b, device)
+            if why is not None:
+                marks.append(pytest.mark.skip(reason=why))
+            params.append(pytest.param(b, device, marks=marks, id=f"{b}-{device}"))
+    return params
+
+
+def is_interpreted(backend: str, device: str) -> bool:
+    return backend == "triton" and device == "cpu"
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, **kw) -> None:
+    tol = dict(TOL[dtype or expected.dtype])
+    tol.update(kw)
+    torch.testing.assert_close(actual, expected.to(actual.dtype), **tol)
+
+
+def strided(t: torch.Tensor) -> torch.Tensor:
+    """A non-contiguous view with t's values: every other element of a twice-as-wide last dim."""
+    wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    wide[..., ::2] = t
+    return wide[..., ::2].detach().requires_grad_(t.requires_grad)
