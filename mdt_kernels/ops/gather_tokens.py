@@ -11,6 +11,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
+from ._register import register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -85,27 +86,13 @@ def _setup_context(ctx, inputs, output):
     ctx.num_tokens = x.shape[1]
 
 
-def _autograd(backward_op):
-    def backward(ctx, grad):
-        (ids,) = ctx.saved_tensors
-        return backward_op(grad, ids, ctx.num_tokens), None
-
-    return backward
+def _backward(backward_op, ctx, grad):
+    (ids,) = ctx.saved_tensors
+    return backward_op(grad, ids, ctx.num_tokens), None
 
 
-torch.library.register_fake("mdt_kernels::gather_tokens_triton", _fake_forward)
-torch.library.register_fake("mdt_kernels::gather_tokens_backward_triton", _fake_backward)
-torch.library.register_autograd(
-    "mdt_kernels::gather_tokens_triton", _autograd(gather_tokens_backward_triton), setup_context=_setup_context
-)
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::gather_tokens", _fake_forward)
-    torch.library.register_fake("mdt_kernels::gather_tokens_backward", _fake_backward)
-    torch.library.register_autograd(
-        "mdt_kernels::gather_tokens",
-        _autograd(lambda g, ids, n: torch.ops.mdt_kernels.gather_tokens_backward(g, ids, n)),
-        setup_context=_setup_context,
-    )
+register_op("gather_tokens", fake_forward=_fake_forward, fake_backward=_fake_backward, setup_context=_setup_context,
+            backward=_backward)
 
 
 def _compiled(x, ids):

@@ -14,6 +14,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
+from ._register import register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -40,34 +41,29 @@ def masked_rel_pos_bias_ref(table, grid_size, ids_keep=None):
 
 
 @jit
-def _rel_bias_fwd_kernel(table_ptr, ids_ptr, out_ptr, H, K, G, BLOCK_J: tl.constexpr):
+def _rel_bias_row(ids_ptr, H, K, G, BLOCK_J: tl.constexpr):
+    """Row (b,h,i) of this program, its column block j, the mask, and the table rows idx(p_i, q_j)."""
     row = tl.program_id(0).to(tl.int64)  # (b * H + h) * K + i
     i = row % K
-    h = row // K % H
     b = row // K // H
     js = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
     m = js < K
-    W = 2 * G - 1
     p = tl.load(ids_ptr + b * K + i)
     q = tl.load(ids_ptr + b * K + js, mask=m, other=0)
-    idx = (p // G - q // G + G - 1) * W + (p % G - q % G + G - 1)
-    v = tl.load(table_ptr + idx * H + h, mask=m)
-    tl.store(out_ptr + row * K + js, v, mask=m)
+    idx = (p // G - q // G + G - 1) * (2 * G - 1) + (p % G - q % G + G - 1)
+    return row, row // K % H, js, m, idx
+
+
+@jit
+def _rel_bias_fwd_kernel(table_ptr, ids_ptr, out_ptr, H, K, G, BLOCK_J: tl.constexpr):
+    row, h, js, m, idx = _rel_bias_row(ids_ptr, H, K, G, BLOCK_J)
+    tl.store(out_ptr + row * K + js, tl.load(table_ptr + idx * H + h, mask=m), mask=m)
 
 
 @jit
 def _rel_bias_bwd_kernel(g_ptr, ids_ptr, dtable_ptr, H, K, G, BLOCK_J: tl.constexpr):
     # dtable is zeroed fp32 (fp64 for fp64); atomics accumulate (order, and so last bits, vary on GPU).
-    row = tl.program_id(0).to(tl.int64)
-    i = row % K
-    h = row // K % H
-    b = row // K // H
-    js = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
-    m = js < K
-    W = 2 * G - 1
-    p = tl.load(ids_ptr + b * K + i)
-    q = tl.load(ids_ptr + b * K + js, mask=m, other=0)
-    idx = (p // G - q // G + G - 1) * W + (p % G - q % G + G - 1)
+    row, h, js, m, idx = _rel_bias_row(ids_ptr, H, K, G, BLOCK_J)
     g = tl.load(g_ptr + row * K + js, mask=m).to(dtable_ptr.dtype.element_ty)
     tl.atomic_add(dtable_ptr + idx * H + h, g, mask=m)
 
@@ -114,28 +110,13 @@ def _setup_context(ctx, inputs, output):
     ctx.grid_size, ctx.num_rel = grid_size, table.shape[0]
 
 
-def _autograd(backward_op):
-    def backward(ctx, grad):
-        (ids_keep,) = ctx.saved_tensors
-        return backward_op(grad, ids_keep, ctx.grid_size, ctx.num_rel), None, None
-
-    return backward
+def _backward(backward_op, ctx, grad):
+    (ids_keep,) = ctx.saved_tensors
+    return backward_op(grad, ids_keep, ctx.grid_size, ctx.num_rel), None, None
 
 
-torch.library.register_fake("mdt_kernels::masked_rel_pos_bias_triton", _fake_forward)
-torch.library.register_fake("mdt_kernels::masked_rel_pos_bias_backward_triton", _fake_backward)
-torch.library.register_autograd(
-    "mdt_kernels::masked_rel_pos_bias_triton", _autograd(masked_rel_pos_bias_backward_triton),
-    setup_context=_setup_context,
-)
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::masked_rel_pos_bias", _fake_forward)
-    torch.library.register_fake("mdt_kernels::masked_rel_pos_bias_backward", _fake_backward)
-    torch.library.register_autograd(
-        "mdt_kernels::masked_rel_pos_bias",
-        _autograd(lambda g, ids, G, R: torch.ops.mdt_kernels.masked_rel_pos_bias_backward(g, ids, G, R)),
-        setup_context=_setup_context,
-    )
+register_op("masked_rel_pos_bias", fake_forward=_fake_forward, fake_backward=_fake_backward,
+            setup_context=_setup_context, backward=_backward)
 
 
 def _compiled(table, grid_size, ids_keep):

@@ -13,6 +13,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
+from ._register import register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -130,28 +131,14 @@ def _setup_context(ctx, inputs, output):
     ctx.has_pos = pos_embed is not None
 
 
-def _autograd(backward_op):
-    def backward(ctx, grad):
-        (ids_keep,) = ctx.saved_tensors
-        d_xk, d_mask, d_pos = backward_op(grad, ids_keep, ctx.has_pos)
-        return d_xk, None, d_mask, None, d_pos if ctx.has_pos else None
-
-    return backward
+def _backward(backward_op, ctx, grad):
+    (ids_keep,) = ctx.saved_tensors
+    d_xk, d_mask, d_pos = backward_op(grad, ids_keep, ctx.has_pos)
+    return d_xk, None, d_mask, None, d_pos if ctx.has_pos else None
 
 
-torch.library.register_fake("mdt_kernels::unmask_tokens_triton", _fake_forward)
-torch.library.register_fake("mdt_kernels::unmask_tokens_backward_triton", _fake_backward)
-torch.library.register_autograd(
-    "mdt_kernels::unmask_tokens_triton", _autograd(unmask_tokens_backward_triton), setup_context=_setup_context
-)
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::unmask_tokens", _fake_forward)
-    torch.library.register_fake("mdt_kernels::unmask_tokens_backward", _fake_backward)
-    torch.library.register_autograd(
-        "mdt_kernels::unmask_tokens",
-        _autograd(lambda g, ids, has_pos: torch.ops.mdt_kernels.unmask_tokens_backward(g, ids, has_pos)),
-        setup_context=_setup_context,
-    )
+register_op("unmask_tokens", fake_forward=_fake_forward, fake_backward=_fake_backward, setup_context=_setup_context,
+            backward=_backward)
 
 
 def _compiled(x_kept, ids_keep, mask_token, num_tokens, pos_embed):
