@@ -5,14 +5,20 @@ which runs (``auto``: the fastest one that can run for the tensors' device).
 """
 
 from ._dispatch import BACKENDS, BackendError, available_backends, get_backend, use_backend
+from .ops.adaln_modulate import adaln_modulate
+from .ops.gated_residual import gated_residual
 from .ops.gather_tokens import gather_tokens
+from .ops.residual_adaln_modulate import residual_adaln_modulate
 
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "adaln_modulate",
     "available_backends",
+    "gated_residual",
     "gather_tokens",
     "get_backend",
+    "residual_adaln_modulate",
     "use_backend",
 ]
 __version__ = "0.1.0"
