@@ -96,9 +96,12 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
           pc[d] += gr[d] * xh;
         }
         const A c1 = s1 * inv_d, c2 = s2 * inv_d;
+        // One feature: the normalised value is constant, d/dx is exactly 0 (g*a - mean(g*a) would be
+        // left at rounding level by FMA contraction, then multiplied by rstd = 1/sqrt(eps)).
+        const A rsd = D > 1 ? rs : A(0);
         A* __restrict__ o = adaln::out_row(dxp + r * D, obuf.data());
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) o[d] = rs * (gr[d] * ap[d] - c1 - (xr[d] - m) * rs * c2);
+        for (int64_t d = 0; d < D; ++d) o[d] = rsd * (gr[d] * ap[d] - c1 - (xr[d] - m) * rs * c2);
         adaln::store_row(dxp + r * D, o, D);
       }
     }

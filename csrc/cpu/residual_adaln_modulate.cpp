@@ -127,13 +127,16 @@ void backward_kernel(const at::Tensor& gh, const at::Tensor& g, const at::Tensor
           pc[d] += gr[d] * hh;
         }
         const A c1 = s1 * inv_d, c2 = s2 * inv_d;
+        // One feature: the normalised value is constant, d/dx is exactly 0 (g*a - mean(g*a) would be
+        // left at rounding level by FMA contraction, then multiplied by rstd = 1/sqrt(eps)).
+        const A rsd = D > 1 ? rs : A(0);
         const A* __restrict__ ghr = has_gh ? adaln::load_row(ghp + r * D, D, ghbuf.data()) : zeros.data();
         const A* __restrict__ yr = adaln::load_row(yp + r * D, D, ybuf.data());
         A* __restrict__ ox = adaln::out_row(dxp + r * D, dxbuf.data());
         A* __restrict__ oy = adaln::out_row(dyp + r * D, dybuf.data());
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) {
-          const A dh = rs * (gr[d] * ap[d] - c1 - (hr[d] - m) * rs * c2) + ghr[d];
+          const A dh = rsd * (gr[d] * ap[d] - c1 - (hr[d] - m) * rs * c2) + ghr[d];
           ox[d] = dh;
           oy[d] = gtp[d] * dh;
           pg[d] += dh * yr[d];
