@@ -20,7 +20,7 @@
 #include <cmath>
 #include <type_traits>
 
-#include "mdt_checks.h"
+#include "adaln_checks.h"
 
 namespace mdt {
 namespace adaln {
@@ -29,8 +29,6 @@ constexpr int64_t kTokenChunk = 32;
 
 template <typename T>
 using acc_t = at::opmath_type<T>;
-
-inline at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The row as acc_t: the row itself when T is acc_t, else converted into buf.
 template <typename T>
@@ -128,35 +126,6 @@ void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, T* 
       }
     }
   });
-}
-
-// Checks for x (B,N,D) and a (B,D) modulation tensor (shift, scale or gate).
-inline void check_tokens(const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(x.dim() == 3, name, " must be 3-D (B, N, D), got shape ", x.sizes());
-  MDT_CHECK_FLOAT(x);
-}
-
-inline void check_mod(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(2), name,
-                    " must have shape (B, D) = (", x.size(0), ", ", x.size(2), "), got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
-}
-
-inline void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " must have the shape of x ", x.sizes(), ", got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
-}
-
-// Per-row statistics saved by the forward: (B,N) in acc_t.
-inline void check_stats(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(1), name,
-                    " must have shape (B, N) = (", x.size(0), ", ", x.size(1), "), got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == acc_dtype(x), name, " must be ", acc_dtype(x), ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
 }
 
 inline int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(D, 1)); }
