@@ -18,7 +18,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <type_traits>
+#include <vector>
 
 #include "adaln_checks.h"
 
@@ -99,19 +101,22 @@ inline void row_moments(const A* __restrict__ x, int64_t D, double eps, A& mean,
   rstd = A(1) / std::sqrt(v / static_cast<A>(D) + static_cast<A>(eps));
 }
 
-// out[b, d] = sum over chunks c (in order) of partial[b, c, d], stored as T. partial is (B, C, D).
+// outs[p][b, d] = sum over chunks c (in order) of partial[p, b, c, d], stored as T, for the P planes
+// (dshift, dscale, dgate, ...) of a (P, B, C, D) partial buffer. One parallel region for all planes.
 template <typename T>
-void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, T* out) {
+void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, std::initializer_list<T*> outs) {
   using A = acc_t<T>;
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const A* p = partial + b * C * D;
-      T* o = out + b * D;
+  const std::vector<T*> dst(outs);
+  const int64_t items = static_cast<int64_t>(dst.size()) * B;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(C * D, 1));
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t plane = item / B, b = item % B;
+      const A* p = partial + item * C * D;  // (plane * B + b) * C * D
+      T* o = dst[plane] + b * D;
       if (C == 0) {
-        for (int64_t d = 0; d < D; ++d) o[d] = T(0);
-        continue;
-      }
-      if constexpr (std::is_same_v<T, A>) {
+        std::fill(o, o + D, T(0));
+      } else if constexpr (std::is_same_v<T, A>) {
         std::copy(p, p + D, o);
         for (int64_t c = 1; c < C; ++c) {
 #pragma omp simd
