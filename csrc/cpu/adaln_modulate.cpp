@@ -27,6 +27,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& shift, const at::Tens
   T* op = out.data_ptr<T>();
   A* mp = mean.data_ptr<A>();
   A* rp = rstd.data_ptr<A>();
+  const bool stream = adaln::use_streaming(2 * x.numel() * int64_t{sizeof(T)});
   const adaln::ModRows<T> sh_rows(shift), sc_rows(scale);
   at::parallel_for(0, rows, adaln::grain_rows(D), [&](int64_t begin, int64_t end) {
     std::vector<A> a(D), sh(D), xbuf(D), obuf(D);
@@ -41,15 +42,16 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& shift, const at::Tens
       const A* __restrict__ xr = adaln::load_row(xp + r * D, D, xbuf.data());
       A m, rs;
       adaln::row_moments(xr, D, eps, m, rs);
-      A* __restrict__ o = adaln::out_row(op + r * D, obuf.data());
+      A* __restrict__ o = obuf.data();
       const A* __restrict__ ap = a.data();
       const A* __restrict__ sp = sh.data();
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) o[d] = (xr[d] - m) * rs * ap[d] + sp[d];
-      adaln::store_row(op + r * D, o, D);
+      adaln::store_row(op + r * D, o, D, stream);
       mp[r] = m;
       rp[r] = rs;
     }
+    adaln::stream_fence();
   });
 }
 
@@ -64,6 +66,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
   const A* rp = rstd.const_data_ptr<A>();
   T* dxp = dx.data_ptr<T>();
   A* part = partial.data_ptr<A>();
+  const bool stream = adaln::use_streaming(3 * x.numel() * int64_t{sizeof(T)});
   const adaln::ModRows<T> sc_rows(scale);
   const A inv_d = A(1) / static_cast<A>(D);
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
@@ -99,12 +102,13 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
         // One feature: the normalised value is constant, d/dx is exactly 0 (g*a - mean(g*a) would be
         // left at rounding level by FMA contraction, then multiplied by rstd = 1/sqrt(eps)).
         const A rsd = D > 1 ? rs : A(0);
-        A* __restrict__ o = adaln::out_row(dxp + r * D, obuf.data());
+        A* __restrict__ o = obuf.data();
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) o[d] = rsd * (gr[d] * ap[d] - c1 - (xr[d] - m) * rs * c2);
-        adaln::store_row(dxp + r * D, o, D);
+        adaln::store_row(dxp + r * D, o, D, stream);
       }
     }
+    adaln::stream_fence();
   });
 }
 

@@ -20,6 +20,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
   const T* xp = x.const_data_ptr<T>();
   const T* yp = y.const_data_ptr<T>();
   T* op = out.data_ptr<T>();
+  const bool stream = adaln::use_streaming(3 * x.numel() * int64_t{sizeof(T)});
   const adaln::ModRows<T> gate_rows(gate);
   at::parallel_for(0, rows, adaln::grain_rows(D), [&](int64_t begin, int64_t end) {
     std::vector<A> gt(D), xbuf(D), ybuf(D), obuf(D);
@@ -33,11 +34,12 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
       const A* __restrict__ xr = adaln::load_row(xp + r * D, D, xbuf.data());
       const A* __restrict__ yr = adaln::load_row(yp + r * D, D, ybuf.data());
       const A* __restrict__ gtp = gt.data();
-      A* __restrict__ o = adaln::out_row(op + r * D, obuf.data());
+      A* __restrict__ o = obuf.data();
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) o[d] = xr[d] + gtp[d] * yr[d];
-      adaln::store_row(op + r * D, o, D);
+      adaln::store_row(op + r * D, o, D, stream);
     }
+    adaln::stream_fence();
   });
 }
 
@@ -50,6 +52,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& gate, const at::Tens
   const T* yp = y.const_data_ptr<T>();
   T* dyp = dy.data_ptr<T>();
   A* part = partial.data_ptr<A>();
+  const bool stream = adaln::use_streaming(3 * y.numel() * int64_t{sizeof(T)});
   const adaln::ModRows<T> gate_rows(gate);
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> gt(D), gbuf(D), ybuf(D), obuf(D);
@@ -67,15 +70,16 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& gate, const at::Tens
         const int64_t r = b * N + n;
         const A* __restrict__ gr = adaln::load_row(gp + r * D, D, gbuf.data());
         const A* __restrict__ yr = adaln::load_row(yp + r * D, D, ybuf.data());
-        A* __restrict__ o = adaln::out_row(dyp + r * D, obuf.data());
+        A* __restrict__ o = obuf.data();
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) {
           o[d] = gtp[d] * gr[d];
           pg[d] += gr[d] * yr[d];
         }
-        adaln::store_row(dyp + r * D, o, D);
+        adaln::store_row(dyp + r * D, o, D, stream);
       }
     }
+    adaln::stream_fence();
   });
 }
 

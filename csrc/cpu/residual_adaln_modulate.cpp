@@ -32,6 +32,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
   T* op = out.data_ptr<T>();
   A* mp = mean.data_ptr<A>();
   A* rp = rstd.data_ptr<A>();
+  const bool stream = adaln::use_streaming(4 * x.numel() * int64_t{sizeof(T)});
   const adaln::ModRows<T> gate_rows(gate), sh_rows(shift), sc_rows(scale);
   at::parallel_for(0, rows, adaln::grain_rows(D), [&](int64_t begin, int64_t end) {
     std::vector<A> gt(D), a(D), sh(D), xbuf(D), ybuf(D), hbuf(D), obuf(D);
@@ -47,29 +48,27 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
       const A* __restrict__ xr = adaln::load_row(xp + r * D, D, xbuf.data());
       const A* __restrict__ yr = adaln::load_row(yp + r * D, D, ybuf.data());
       const A* __restrict__ gtp = gt.data();
-      // h as stored: computed in place for fp32/fp64, else rounded to T and read back.
-      A* __restrict__ hr = adaln::out_row(hp + r * D, hbuf.data());
+      // h as stored (rounded to T), so the statistics are those of the returned h.
+      A* __restrict__ hr = hbuf.data();
       if constexpr (std::is_same_v<T, A>) {
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) hr[d] = xr[d] + gtp[d] * yr[d];
       } else {
-        T* hs = hp + r * D;
-        for (int64_t d = 0; d < D; ++d) {
-          hs[d] = static_cast<T>(xr[d] + gtp[d] * yr[d]);
-          hr[d] = static_cast<A>(hs[d]);
-        }
+        for (int64_t d = 0; d < D; ++d) hr[d] = static_cast<A>(static_cast<T>(xr[d] + gtp[d] * yr[d]));
       }
+      adaln::store_row(hp + r * D, hr, D, stream);
       A m, rs;
       adaln::row_moments<A>(hr, D, eps, m, rs);
-      A* __restrict__ o = adaln::out_row(op + r * D, obuf.data());
+      A* __restrict__ o = obuf.data();
       const A* __restrict__ ap = a.data();
       const A* __restrict__ sp = sh.data();
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) o[d] = (hr[d] - m) * rs * ap[d] + sp[d];
-      adaln::store_row(op + r * D, o, D);
+      adaln::store_row(op + r * D, o, D, stream);
       mp[r] = m;
       rp[r] = rs;
     }
+    adaln::stream_fence();
   });
 }
 
@@ -89,6 +88,7 @@ void backward_kernel(const at::Tensor& gh, const at::Tensor& g, const at::Tensor
   T* dxp = dx.data_ptr<T>();
   T* dyp = dy.data_ptr<T>();
   A* part = partial.data_ptr<A>();
+  const bool stream = adaln::use_streaming((has_gh ? 6 : 5) * h.numel() * int64_t{sizeof(T)});
   const adaln::ModRows<T> gate_rows(gate), sc_rows(scale);
   const A inv_d = A(1) / static_cast<A>(D);
   const int64_t plane = B * C * D;
@@ -132,8 +132,8 @@ void backward_kernel(const at::Tensor& gh, const at::Tensor& g, const at::Tensor
         const A rsd = D > 1 ? rs : A(0);
         const A* __restrict__ ghr = has_gh ? adaln::load_row(ghp + r * D, D, ghbuf.data()) : zeros.data();
         const A* __restrict__ yr = adaln::load_row(yp + r * D, D, ybuf.data());
-        A* __restrict__ ox = adaln::out_row(dxp + r * D, dxbuf.data());
-        A* __restrict__ oy = adaln::out_row(dyp + r * D, dybuf.data());
+        A* __restrict__ ox = dxbuf.data();
+        A* __restrict__ oy = dybuf.data();
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) {
           const A dh = rsd * (gr[d] * ap[d] - c1 - (hr[d] - m) * rs * c2) + ghr[d];
@@ -141,10 +141,11 @@ void backward_kernel(const at::Tensor& gh, const at::Tensor& g, const at::Tensor
           oy[d] = gtp[d] * dh;
           pg[d] += dh * yr[d];
         }
-        adaln::store_row(dxp + r * D, ox, D);
-        adaln::store_row(dyp + r * D, oy, D);
+        adaln::store_row(dxp + r * D, ox, D, stream);
+        adaln::store_row(dyp + r * D, oy, D, stream);
       }
     }
+    adaln::stream_fence();
   });
 }
 

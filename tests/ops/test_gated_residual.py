@@ -98,6 +98,14 @@ def test_only_x_needs_grad(backend, device):
 
 
 @pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
+def test_cpu_large_call_streaming_stores():
+    # Calls moving more than 8 MiB write fp32 outputs with streaming stores; an odd D leaves rows
+    # unaligned, exercising the aligned body and both scalar edges.
+    inputs, g = make(3, 400, 1151, torch.float32, "cpu")
+    check("cpu", inputs, g, torch.float32)
+
+
+@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
 def test_cpu_backward_is_deterministic():
     inputs, g = make(3, 100, 40, torch.float32, "cpu")
     threads = torch.get_num_threads()
