@@ -147,7 +147,7 @@ BAD = [
     ("integer x", lambda a: dict(a, xk=a["xk"].int()), TypeError, "x_kept must be float32"),
     ("mask size", lambda a: dict(a, mt=a["mt"][:3]), ValueError, "mask_token must hold D=5"),
     ("pos shape", lambda a: dict(a, pe=a["pe"][:7]), ValueError, r"pos_embed must have shape \(N, D\)"),
-    ("dtype mix", lambda a: dict(a, mt=a["mt"].double()), ValueError, "one dtype"),
+    ("dtype mix", lambda a: dict(a, mt=a["mt"].double()), TypeError, "one dtype"),
     ("devices", lambda a: dict(a, ids=a["ids"].to("meta")), ValueError, "one device"),
     ("num_tokens < K", lambda a: dict(a, N=3), ValueError, "smaller than the 4 kept"),
     ("num_tokens type", lambda a: dict(a, N=8.0), TypeError, "num_tokens must be an int"),
