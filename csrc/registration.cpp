@@ -26,4 +26,13 @@ TORCH_LIBRARY(mdt_kernels, m) {
   m.def("masked_rel_pos_bias(Tensor table, int grid_size, Tensor ids_keep) -> Tensor");
   // d_table (num_rel, H), accumulated deterministically on CPU
   m.def("masked_rel_pos_bias_backward(Tensor grad, Tensor ids_keep, int grid_size, SymInt num_rel) -> Tensor");
+  // One fused Adan step over many parameters, in place: g = clip_coef * grad, first: d = 0 (else
+  // d = g + neg_pre_grad), then m, n, v, params and neg_pre_grad = -g (see mdt_kernels/ops/adan.py).
+  // Lists are index-aligned; params/grads share a dtype, the four states share float32 or that dtype.
+  // A non-finite clip_coef (one-element float32 tensor on the params' device) leaves everything as is.
+  m.def(
+      "adan_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, "
+      "Tensor(d!)[] exp_avg_diff, Tensor(e!)[] neg_pre_grad, Tensor clip_coef, float lr, float beta1, float beta2, "
+      "float beta3, float bias_correction1, float bias_correction2, float bias_correction3_sqrt, float eps, "
+      "float weight_decay, bool no_prox, bool first) -> ()");
 }

@@ -5,11 +5,13 @@ which runs (``auto``: the fastest one that can run for the tensors' device).
 """
 
 from ._dispatch import BACKENDS, BackendError, available_backends, get_backend, use_backend
+from .ops.adan import adan_step
 from .ops.gather_tokens import gather_tokens
 
 __all__ = [
     "BACKENDS",
     "BackendError",
+    "adan_step",
     "available_backends",
     "gather_tokens",
     "get_backend",
