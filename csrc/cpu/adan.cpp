@@ -21,7 +21,7 @@
 #include <immintrin.h>
 #endif
 
-#include "mdt_checks.h"
+#include "mdt_adan.h"
 
 namespace mdt {
 namespace {
@@ -117,51 +117,13 @@ void adan_run(const std::vector<TensorPtrs>& ptrs, const std::vector<WorkItem>& 
   });
 }
 
-void check_list(const at::TensorList& list, const at::TensorList& params, const char* name) {
-  TORCH_CHECK_VALUE(list.size() == params.size(), name, " has ", list.size(), " tensors but params has ",
-                    params.size());
-  for (size_t i = 0; i < list.size(); ++i) {
-    const at::Tensor &t = list[i], &p = params[i];
-    TORCH_CHECK_VALUE(t.device() == p.device(), name, "[", i, "] is on ", t.device(), " but params[", i, "] on ",
-                      p.device());
-    TORCH_CHECK_VALUE(t.sizes() == p.sizes(), name, "[", i, "] has shape ", t.sizes(), " but params[", i, "] has ",
-                      p.sizes());
-    TORCH_CHECK_VALUE(t.numel() <= 1 || (t.is_non_overlapping_and_dense() && t.strides() == p.strides()), name,
-                      "[", i, "] must be dense with the strides of params[", i, "]");
-    TORCH_CHECK_TYPE(t.scalar_type() == list[0].scalar_type(), name, "[", i, "] is ", t.scalar_type(), " but ",
-                     name, "[0] is ", list[0].scalar_type(), "; one call takes one dtype per list");
-  }
-}
-
 void adan_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avg, at::TensorList exp_avg_sq,
                    at::TensorList exp_avg_diff, at::TensorList neg_pre_grad, const at::Tensor& clip_coef, double lr,
                    double beta1, double beta2, double beta3, double bias_correction1, double bias_correction2,
                    double bias_correction3_sqrt, double eps, double weight_decay, bool no_prox, bool first) {
-  TORCH_CHECK_VALUE(clip_coef.numel() == 1 && clip_coef.scalar_type() == at::kFloat && clip_coef.is_cpu(),
-                    "clip_coef must be a one-element float32 CPU tensor, got ", clip_coef.scalar_type(), " of shape ",
-                    clip_coef.sizes(), " on ", clip_coef.device());
+  check_adan_inputs(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, c10::kCPU);
   if (params.empty()) return;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& p = params[i];
-    TORCH_CHECK_VALUE(p.is_cpu(), "params[", i, "] is on ", p.device(), "; this is the CPU kernel");
-    MDT_CHECK_FLOAT(p);
-    TORCH_CHECK_VALUE(p.numel() <= 1 || p.is_non_overlapping_and_dense(), "params[", i,
-                      "] must be dense (contiguous or a permutation of contiguous)");
-  }
-  check_list(params, params, "params");
-  check_list(grads, params, "grads");
-  check_list(exp_avg, params, "exp_avg");
-  check_list(exp_avg_sq, params, "exp_avg_sq");
-  check_list(exp_avg_diff, params, "exp_avg_diff");
-  check_list(neg_pre_grad, params, "neg_pre_grad");
   const auto p_type = params[0].scalar_type(), s_type = exp_avg[0].scalar_type();
-  TORCH_CHECK_TYPE(grads[0].scalar_type() == p_type, "grads are ", grads[0].scalar_type(), " but params are ",
-                   p_type);
-  for (const auto* l : {&exp_avg_sq, &exp_avg_diff, &neg_pre_grad})
-    TORCH_CHECK_TYPE((*l)[0].scalar_type() == s_type, "all four states must share one dtype, got ", s_type,
-                     " and ", (*l)[0].scalar_type());
-  TORCH_CHECK_TYPE(s_type == at::kFloat || s_type == p_type, "states must be float32 or the params' dtype (",
-                   p_type, "), got ", s_type);
 
   const float clip = clip_coef.item<float>();
   if (!std::isfinite(clip)) return;  // skip signal (non-finite gradients under the skip policy)
