@@ -267,9 +267,9 @@ def _check(params, grads, states) -> None:
 
 def adan_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
               exp_avg_sq: list[torch.Tensor], exp_avg_diff: list[torch.Tensor], neg_pre_grad: list[torch.Tensor], *,
-              lr: float, betas: tuple[float, float, float], eps: float, weight_decay: float, step: int,
-              no_prox: bool = False, clip_coef: torch.Tensor | None = None, first: bool | None = None,
-              backend: str | None = None) -> None:
+              lr: float, step: int, betas: tuple[float, float, float] = (0.98, 0.92, 0.99), eps: float = 1e-8,
+              weight_decay: float = 0.0, no_prox: bool = False, clip_coef: torch.Tensor | None = None,
+              first: bool | None = None, backend: str | None = None) -> None:
     """One Adan step on every parameter, in place (see the module docstring for the update).
 
     Args:
