@@ -93,11 +93,11 @@ def adan_step_ref(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad
 @jit
 def _adan_step_kernel(addr_ptr, numel_ptr, work_ptr, coef_ptr, beta1, beta2, beta3, omb1, omb2, omb3, step_size,
                       step_size_diff, bc3_sqrt, eps, decay, P_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
-                      M_DTYPE: tl.constexpr, FIRST: tl.constexpr, NO_PROX: tl.constexpr, CHUNK: tl.constexpr,
-                      BLOCK: tl.constexpr):
+                      M_DTYPE: tl.constexpr, FIRST: tl.constexpr, NO_PROX: tl.constexpr, ALIGNED: tl.constexpr,
+                      CHUNK: tl.constexpr, BLOCK: tl.constexpr):
     w = tl.program_id(0)
     t = tl.load(work_ptr + 2 * w)
-    start = tl.load(work_ptr + 2 * w + 1)
+    start = tl.multiple_of(tl.load(work_ptr + 2 * w + 1), CHUNK)
     coef = tl.load(coef_ptr).to(M_DTYPE)
     if tl.abs(coef) <= 3.4028234663852886e38:  # finite (NaN fails every comparison); else skip the step
         end = tl.minimum(start + CHUNK, tl.load(numel_ptr + t))
@@ -108,8 +108,12 @@ def _adan_step_kernel(addr_ptr, numel_ptr, work_ptr, coef_ptr, beta1, beta2, bet
         n_ptr = tl.load(row + 3).to(tl.pointer_type(S_DTYPE))
         v_ptr = tl.load(row + 4).to(tl.pointer_type(S_DTYPE))
         q_ptr = tl.load(row + 5).to(tl.pointer_type(S_DTYPE))
-        for off in range(start, end, BLOCK):
-            i = off + tl.arange(0, BLOCK)
+        if ALIGNED:  # every address 16-byte aligned (checked by the launcher): lets the compiler vectorise
+            p_ptr, g_ptr = tl.multiple_of(p_ptr, 16), tl.multiple_of(g_ptr, 16)
+            m_ptr, n_ptr = tl.multiple_of(m_ptr, 16), tl.multiple_of(n_ptr, 16)
+            v_ptr, q_ptr = tl.multiple_of(v_ptr, 16), tl.multiple_of(q_ptr, 16)
+        for k in range(0, tl.cdiv(end - start, BLOCK)):
+            i = start + k * BLOCK + tl.arange(0, BLOCK)
             mask = i < end
             g = coef * tl.load(g_ptr + i, mask=mask).to(M_DTYPE)
             if FIRST:
@@ -149,6 +153,8 @@ def _launch_shape(device: torch.device) -> tuple[int, int]:
 
 
 def _tables(lists, device: torch.device, chunk: int):
+    """(addresses (T,6), numels (T,), work (C,2) = (tensor, first element) per program, all 16-byte
+    aligned?) for the non-empty tensors of `lists`, on `device`."""
     numels = [t.numel() for t in lists[0]]
     keep = [i for i, k in enumerate(numels) if k > 0]
     addrs = tuple(lst[i].data_ptr() for i in keep for lst in lists)
@@ -165,10 +171,11 @@ def _tables(lists, device: torch.device, chunk: int):
     host = (torch.tensor(addrs, dtype=torch.int64).view(-1, 6), sizes, torch.stack([tensor_of, start], 1))
     if device.type == "cuda":  # pinned + non_blocking: no host sync (the caching host allocator guards reuse)
         host = tuple(h.pin_memory().to(device, non_blocking=True) for h in host)
-    _TABLES[key] = host
+    entry = (*host, all(a % 16 == 0 for a in addrs))
+    _TABLES[key] = entry
     if len(_TABLES) > _TABLES_MAX:
         _TABLES.popitem(last=False)
-    return host
+    return entry
 
 
 @torch.library.custom_op("mdt_kernels::adan_step_triton", mutates_args=_MUTATED)
@@ -183,7 +190,7 @@ def adan_step_triton(params: list[torch.Tensor], grads: list[torch.Tensor], exp_
     device = params[0].device
     block, chunk = _launch_shape(device)
     lists = (params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad)
-    addr, numel, work = _tables(lists, device, chunk)
+    addr, numel, work, aligned = _tables(lists, device, chunk)
     p_dtype, s_dtype = params[0].dtype, exp_avg[0].dtype
     m_dtype = torch.float64 if torch.float64 in (p_dtype, s_dtype) else torch.float32
     decay = 1 - lr * weight_decay if no_prox else 1 + lr * weight_decay
@@ -191,7 +198,8 @@ def adan_step_triton(params: list[torch.Tensor], grads: list[torch.Tensor], exp_
         addr, numel, work, clip_coef, beta1, beta2, beta3, 1 - beta1, 1 - beta2, 1 - beta3, lr / bias_correction1,
         lr * beta2 / bias_correction2, bias_correction3_sqrt, eps, decay,
         P_DTYPE=getattr(tl, _TL_DTYPES[p_dtype]), S_DTYPE=getattr(tl, _TL_DTYPES[s_dtype]),
-        M_DTYPE=getattr(tl, _TL_DTYPES[m_dtype]), FIRST=first, NO_PROX=no_prox, CHUNK=chunk, BLOCK=block,
+        M_DTYPE=getattr(tl, _TL_DTYPES[m_dtype]), FIRST=first, NO_PROX=no_prox,
+        ALIGNED=aligned, CHUNK=chunk, BLOCK=block,
     )
 
 
