@@ -6,6 +6,8 @@ import pytest
 import torch
 from adan_oracle import AdanOracle
 from helpers import TOL, backend_device_pairs, is_interpreted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mdt_kernels as mk
 from mdt_kernels.ops import adan as adan_ops
@@ -153,6 +155,44 @@ def test_non_contiguous_layouts(backend, device):
     oracle.step([g.cpu() for g in grads])
     assert_matches(params, states, oracle)
     torch.testing.assert_close(base[:, ::3], sliced)  # written through to the base tensor
+
+
+@pytest.mark.parametrize("backend,device", PAIRS)
+def test_unaligned_views(backend, device):
+    """Parameters that are views at odd offsets of a larger buffer: the kernels' vector paths need
+    16-byte alignment and must fall back (CUDA: scalar loop; Triton: no alignment hints)."""
+    buf = torch.randn(2000, device=device)
+    params = [buf[1:34], buf[35:1135], buf[1200:1203]]
+    states = [[torch.zeros_like(p) for p in params] for _ in range(4)]
+    oracle = AdanOracle([p.cpu() for p in params], **HYPER)
+    run_steps(backend, device, params, states, oracle, 2)
+    assert_matches(params, states, oracle)
+
+
+@pytest.mark.parametrize("backend,device", backend_device_pairs(("reference", "cpu", "cuda")))
+@settings(settings.get_profile("kernels"))  # as a decorator, so that the first example runs under it too
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=5),
+       lr=st.floats(1e-4, 0.1), b1=st.floats(0.0, 0.999), b2=st.floats(0.0, 0.999), b3=st.floats(0.5, 0.999),
+       wd=st.floats(0.0, 0.5), no_prox=st.booleans(), step=st.integers(1, 500), first=st.booleans(),
+       coef=st.floats(0.01, 1.0))
+def test_property_one_step_from_any_state(backend, device, sizes, lr, b1, b2, b3, wd, no_prox, step, first, coef):
+    """One step from random state at any step number and hyper-parameters."""
+    first = first or step == 1  # a first step of the group always re-seeds (sail-sg; the oracle does too)
+    gen = torch.Generator().manual_seed(len(sizes) + step)
+    params = [torch.randn(n, generator=gen).to(device) for n in sizes]
+    states = [[torch.randn(n, generator=gen).to(device) for n in sizes] for _ in range(4)]
+    for t in states[1]:
+        t.abs_().add_(0.1)  # exp_avg_sq > 0 and, with b3 >= 0.5, no denominator near 0 (fp32 vs fp64 cancellation)
+    oracle = AdanOracle([p.cpu() for p in params], lr=lr, betas=(b1, b2, b3), eps=1e-8, weight_decay=wd,
+                        no_prox=no_prox)
+    oracle.t = step - 1
+    oracle.m, oracle.n, oracle.v = ([t.double().cpu() for t in s] for s in states[:3])
+    oracle.neg_prev = [None if first else t.double().cpu() for t in states[3]]
+    grads = [torch.randn(n, generator=gen).to(device) for n in sizes]
+    mk.adan_step(params, grads, *states, lr=lr, betas=(b1, b2, b3), eps=1e-8, weight_decay=wd, no_prox=no_prox,
+                 step=step, first=first, clip_coef=torch.tensor(coef, device=device), backend=backend)
+    oracle.step([g.cpu() for g in grads], coef=coef)
+    assert_matches(params, states, oracle)
 
 
 @pytest.mark.parametrize("backend,device", backend_device_pairs(("triton",)))
