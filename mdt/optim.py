@@ -111,10 +111,16 @@ class Adan(torch.optim.Optimizer):
         fused = [g["fused"] for g in self.param_groups]
         saved = state_dict["state"]
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params, strict=False):  # a length mismatch is reported by torch below
+            for key in STATE_NAMES:
+                value = saved.get(i, {}).get(key)
+                if value is not None and value.shape != p.shape:  # step() relies on it (flat-memory kernels)
+                    raise ValueError(f"state {key!r} of saved parameter {i} has shape {tuple(value.shape)}, "
+                                     f"but the parameter has shape {tuple(p.shape)}")
         super().load_state_dict(state_dict)
         for group, f in zip(self.param_groups, fused, strict=True):
             group["fused"] = f
-        params = [p for g in self.param_groups for p in g["params"]]
         for i, p in zip(ids, params, strict=True):
             for key in STATE_NAMES:
                 if key in saved.get(i, {}):
@@ -214,5 +220,5 @@ class Adan(torch.optim.Optimizer):
                 states = [[self.state[p][k] for p in ps] for k in STATE_NAMES]
                 adan_step(ps, [p.grad for p in ps], *states, lr=group["lr"], betas=group["betas"],
                           eps=group["eps"], weight_decay=group["weight_decay"], step=group["step"],
-                          no_prox=group["no_prox"], clip_coef=coef, first=first, backend=backend)
+                          no_prox=group["no_prox"], clip_coef=coef, first=first, backend=backend, check=False)
         return loss

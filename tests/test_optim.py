@@ -264,6 +264,19 @@ def test_state_dict_resume_gives_the_same_trajectory(path, device, dtype):
             torch.testing.assert_close(opt2.state[q][key], opt.state[p][key], atol=0, rtol=0)
 
 
+def test_load_state_dict_rejects_mismatched_shapes():
+    params = make_params()
+    opt = Adan(params)
+    opt_step("reference", opt, params, grads_for(params, 1))
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["exp_avg"] = torch.zeros(3)
+    other = make_params()
+    opt2 = Adan(other)
+    with pytest.raises(ValueError, match="state 'exp_avg' of saved parameter 0 has shape"):
+        opt2.load_state_dict(sd)
+    assert len(opt2.state) == 0  # rejected before anything was loaded
+
+
 def _sail_sg_state_dict(params, step, dtype):
     """A state dict as sail-sg/Adan saves it: state in the parameters' dtype, its group keys."""
     gen = torch.Generator().manual_seed(7)
