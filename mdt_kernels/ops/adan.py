@@ -13,9 +13,10 @@ State names follow sail-sg: exp_avg = m, exp_avg_sq = n, exp_avg_diff = v, neg_p
 
 The reference below is the foreach sequence sail-sg runs (about 18 passes, ~184 bytes per fp32
 parameter). The fused kernels read p, grad and the four states once and write p and the states once:
-44 bytes per fp32 parameter, all math in fp32 (fp64 for fp64 tensors). Gradients are only read, never
-clipped in place (sail-sg scales p.grad). A non-finite ``clip_coef`` means "skip": every backend then
-leaves all tensors untouched, which lets a caller skip a step on the device without a host sync.
+44 bytes per fp32 parameter, all math in fp32 (C++/CUDA: fp64 for fp64 tensors; Triton takes no fp64).
+Gradients are only read, never clipped in place (sail-sg scales p.grad). A non-finite ``clip_coef``
+means "skip": every backend then leaves all tensors untouched, which lets a caller skip a step on the
+device without a host sync.
 """
 
 from __future__ import annotations
@@ -93,12 +94,12 @@ def adan_step_ref(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad
 @jit
 def _adan_step_kernel(addr_ptr, numel_ptr, work_ptr, coef_ptr, beta1, beta2, beta3, omb1, omb2, omb3, step_size,
                       step_size_diff, bc3_sqrt, eps, decay, P_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
-                      M_DTYPE: tl.constexpr, FIRST: tl.constexpr, NO_PROX: tl.constexpr, ALIGNED: tl.constexpr,
-                      CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                      FIRST: tl.constexpr, NO_PROX: tl.constexpr, ALIGNED: tl.constexpr, CHUNK: tl.constexpr,
+                      BLOCK: tl.constexpr):
     w = tl.program_id(0)
     t = tl.load(work_ptr + 2 * w)
     start = tl.multiple_of(tl.load(work_ptr + 2 * w + 1), CHUNK)
-    coef = tl.load(coef_ptr).to(M_DTYPE)
+    coef = tl.load(coef_ptr).to(tl.float32)
     if tl.abs(coef) <= 3.4028234663852886e38:  # finite (NaN fails every comparison); else skip the step
         end = tl.minimum(start + CHUNK, tl.load(numel_ptr + t))
         row = addr_ptr + 6 * t
@@ -115,18 +116,18 @@ def _adan_step_kernel(addr_ptr, numel_ptr, work_ptr, coef_ptr, beta1, beta2, bet
         for k in range(0, tl.cdiv(end - start, BLOCK)):
             i = start + k * BLOCK + tl.arange(0, BLOCK)
             mask = i < end
-            g = coef * tl.load(g_ptr + i, mask=mask).to(M_DTYPE)
+            g = coef * tl.load(g_ptr + i, mask=mask).to(tl.float32)
             if FIRST:
                 d = tl.zeros_like(g)
             else:
-                d = g + tl.load(q_ptr + i, mask=mask).to(M_DTYPE)
-            m = beta1 * tl.load(m_ptr + i, mask=mask).to(M_DTYPE) + omb1 * g
-            v = beta2 * tl.load(v_ptr + i, mask=mask).to(M_DTYPE) + omb2 * d
+                d = g + tl.load(q_ptr + i, mask=mask).to(tl.float32)
+            m = beta1 * tl.load(m_ptr + i, mask=mask).to(tl.float32) + omb1 * g
+            v = beta2 * tl.load(v_ptr + i, mask=mask).to(tl.float32) + omb2 * d
             u = g + beta2 * d
-            n = beta3 * tl.load(n_ptr + i, mask=mask).to(M_DTYPE) + omb3 * u * u
+            n = beta3 * tl.load(n_ptr + i, mask=mask).to(tl.float32) + omb3 * u * u
             denom = tl.div_rn(tl.sqrt_rn(n), bc3_sqrt) + eps
             update = tl.div_rn(step_size * m + step_size_diff * v, denom)
-            p = tl.load(p_ptr + i, mask=mask).to(M_DTYPE)
+            p = tl.load(p_ptr + i, mask=mask).to(tl.float32)
             if NO_PROX:
                 p = p * decay - update
             else:
@@ -138,7 +139,7 @@ def _adan_step_kernel(addr_ptr, numel_ptr, work_ptr, coef_ptr, beta1, beta2, bet
             tl.store(q_ptr + i, (-g).to(S_DTYPE), mask=mask)
 
 
-_TL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
+_TL_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 # Address/work tables by (device, addresses, sizes): a training loop passes the same tensors every step
 # (gradients too, unless zero_grad frees them), so building and copying the tables happens once, and a
 # CUDA-graph capture of step() finds them ready (no host-to-device copy inside the capture).
@@ -192,13 +193,15 @@ def adan_step_triton(params: list[torch.Tensor], grads: list[torch.Tensor], exp_
     lists = (params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad)
     addr, numel, work, aligned = _tables(lists, device, chunk)
     p_dtype, s_dtype = params[0].dtype, exp_avg[0].dtype
-    m_dtype = torch.float64 if torch.float64 in (p_dtype, s_dtype) else torch.float32
+    if torch.float64 in (p_dtype, s_dtype):  # Triton passes scalars as fp32; its IEEE div/sqrt are fp32-only
+        raise TypeError("the triton backend of adan_step takes float32/float16/bfloat16 tensors, not float64; "
+                        "use the reference, cpu or cuda backend")
     decay = 1 - lr * weight_decay if no_prox else 1 + lr * weight_decay
     _adan_step_kernel[(work.shape[0],)](
         addr, numel, work, clip_coef, beta1, beta2, beta3, 1 - beta1, 1 - beta2, 1 - beta3, lr / bias_correction1,
         lr * beta2 / bias_correction2, bias_correction3_sqrt, eps, decay,
         P_DTYPE=getattr(tl, _TL_DTYPES[p_dtype]), S_DTYPE=getattr(tl, _TL_DTYPES[s_dtype]),
-        M_DTYPE=getattr(tl, _TL_DTYPES[m_dtype]), FIRST=first, NO_PROX=no_prox,
+        FIRST=first, NO_PROX=no_prox,
         ALIGNED=aligned, CHUNK=chunk, BLOCK=block,
     )
 
@@ -281,7 +284,8 @@ def adan_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: li
     """One Adan step on every parameter, in place (see the module docstring for the update).
 
     Args:
-        params: parameters (float32/float16/bfloat16/float64; any mix of shapes, dtypes and devices).
+        params: parameters (float32/float16/bfloat16, float64 except on triton; any mix of shapes,
+            dtypes and devices).
         grads: their gradients (same dtype, shape and device as each parameter; read only).
         exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad: the state per parameter (sail-sg names), float32
             or the parameter's dtype, the four of one parameter sharing one dtype.

@@ -65,8 +65,8 @@ def run_steps(backend, device, params, states, oracle, steps, clip=None, **opts)
 def test_matches_oracle(backend, device, dtypes, no_prox, weight_decay):
     p_dtype, s_dtype = dtypes
     interpreted = is_interpreted(backend, device)
-    if interpreted and p_dtype == F64:
-        pytest.skip("the Triton interpreter's fp64 path adds nothing the fp32 one does not test")
+    if backend == "triton" and p_dtype == F64:
+        pytest.skip("the triton backend takes no float64 (test_triton_rejects_float64)")
     steps = 3 if interpreted else 5
     params, states = make_state(SHAPES, p_dtype, s_dtype, device)
     oracle = AdanOracle([p.cpu() for p in params], weight_decay=weight_decay, no_prox=no_prox,
@@ -243,6 +243,13 @@ def test_bad_input_raises(backend, case, mutate, exc, match):
     with pytest.raises(exc, match=match):
         mk.adan_step(args.pop("params"), args.pop("grads"), *[args.pop(k) for k in adan_ops.STATE_NAMES],
                      backend=backend, **args, **HYPER)
+
+
+@pytest.mark.parametrize("backend,device", backend_device_pairs(("triton",)))
+def test_triton_rejects_float64(backend, device):
+    params, states = make_state([(4,)], F64, F64, device)
+    with pytest.raises(TypeError, match="not float64"):
+        mk.adan_step(params, grads_for(params, 1), *states, step=1, backend=backend, **HYPER)
 
 
 def test_unavailable_backend_raises():
