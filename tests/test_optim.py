@@ -96,24 +96,29 @@ def test_low_precision_params(path, device, dtype, state_dtype):
     assert_matches_oracle(params, opt, oracle)
 
 
-@pytest.mark.parametrize("backend,device", backend_device_pairs(("cpu", "cuda")))
-@pytest.mark.parametrize("options", [dict(), dict(no_prox=True, weight_decay=0.02), dict(max_grad_norm=1.0),
-                                     dict(no_prox=True, weight_decay=0.02, max_grad_norm=1.0),
-                                     dict(weight_decay=0.02, max_grad_norm=0.5)], ids=str)
-def test_fused_matches_reference_over_many_steps(backend, device, options):
-    """25 steps with a restart in the middle: fused and foreach reference stay together."""
+@pytest.mark.parametrize("backend,device", backend_device_pairs(("cpu", "cuda", "triton")))
+@pytest.mark.parametrize("no_prox", [False, True], ids=["prox", "no_prox"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.02], ids=["wd0", "wd"])
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1.0], ids=["noclip", "clip"])
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["f32", "bf16"])
+def test_fused_matches_reference_over_many_steps(backend, device, no_prox, weight_decay, max_grad_norm, dtype):
+    """Many steps with a restart in the middle: fused and foreach reference stay together."""
+    steps = 8 if is_interpreted(backend, device) else 25
+    if is_interpreted(backend, device) and dtype == BF16:
+        pytest.skip("interpreted Triton truncates to bf16 (covered against the oracle in test_low_precision_params)")
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == F32 else TOL[dtype]
     runs = []
     for path in ("reference", backend):
-        params = make_params(device=device)
-        opt = make_opt(path, params, **options)
-        for t in range(1, 26):
-            if t == 13:
+        params = make_params(dtype, device)
+        opt = make_opt(path, params, no_prox=no_prox, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+        for t in range(1, steps + 1):
+            if t == steps // 2:
                 opt.restart_opt()
             opt_step(path, opt, params, grads_for(params, t))
         runs.append((params, opt))
     (ref, ref_opt), (fused, fused_opt) = runs
     for p, q in zip(ref, fused, strict=True):
-        torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(q, p, **tol)
         for key in adan_ops.STATE_NAMES:
             torch.testing.assert_close(fused_opt.state[q][key], ref_opt.state[p][key], atol=1e-5, rtol=1e-5)
 
