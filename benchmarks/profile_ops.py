@@ -61,7 +61,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"# Kernel profile: {meta['device']} ({meta['dtype']})",
         "",
         f"torch {meta['torch']}, measured copy bandwidth {meta['copy_gbps']:.1f} GB/s, commit {meta['commit']}, "
-        f"{meta['date']}. Times are medians in ms. Speedups are of the fastest fused backend. GB/s counts the "
+        f"{meta['date']}, load average at start {meta.get('load_avg', '?')}. Times are medians in ms. "
+        "Speedups are of the fastest fused backend. GB/s counts the "
         "minimal bytes the mode must move; % is of the copy bandwidth.",
         "",
         "| op | shape | mode | eager | compile | baseline | cpu | cuda | triton | best | vs eager | vs compile "
@@ -93,9 +94,14 @@ def main(argv=None) -> None:
     if any(o not in names for o in ops):
         p.error(f"unknown op in {ops}; known: {names}")
 
+    load = os.getloadavg()[0]
+    if device.type == "cpu" and load > 0.5:
+        # Another busy process steals a core from the OpenMP threads, and every parallel region then
+        # waits for a scheduler tick: CPU timings are meaningless until the machine is idle.
+        print(f"warning: load average {load:.2f}; CPU timings on a busy machine are not representative")
     bw = copy_bandwidth(device)
     meta = dict(device=device_name(device), dtype=args.dtype, torch=torch.__version__, copy_gbps=bw,
-                commit=git_sha(), date=datetime.date.today().isoformat())
+                commit=git_sha(), date=datetime.date.today().isoformat(), load_avg=round(load, 2))
     print(f"{meta['device']}: copy bandwidth {bw:.1f} GB/s")
     new_rows = []
     for name in names:

@@ -7,6 +7,8 @@ which runs (``auto``: the fastest one that can run for the tensors' device).
 from ._dispatch import BACKENDS, BackendError, available_backends, get_backend, use_backend
 from .ops.adan import adan_step
 from .ops.gather_tokens import gather_tokens
+from .ops.masked_rel_pos_bias import masked_rel_pos_bias
+from .ops.unmask_tokens import unmask_tokens
 
 __all__ = [
     "BACKENDS",
@@ -15,6 +17,8 @@ __all__ = [
     "available_backends",
     "gather_tokens",
     "get_backend",
+    "masked_rel_pos_bias",
+    "unmask_tokens",
     "use_backend",
 ]
 __version__ = "0.1.0"

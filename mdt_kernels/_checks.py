@@ -42,14 +42,17 @@ def _values_checkable(ids: torch.Tensor) -> bool:
     return ids.device.type == "cpu" or _CHECK_GPU_IDS
 
 
-def check_ids(name: str, ids, batch: int, upper: int, distinct: bool = False, values: bool = True) -> torch.Tensor:
+def check_ids(
+    name: str, ids, batch: int | None, upper: int, distinct: bool = False, values: bool = True
+) -> torch.Tensor:
     """Validates a (B,K) index tensor into [0, upper) and returns it as int64.
 
-    values=False skips the checks that read the data (for kernels that check them themselves)."""
+    batch=None accepts any batch size. values=False skips the checks that read the data (for kernels
+    that check them themselves)."""
     check_tensor(name, ids, 2, "(B, K)")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor (int64 or int32), got {ids.dtype}")
-    if ids.shape[0] != batch:
+    if batch is not None and ids.shape[0] != batch:
         raise ValueError(f"{name} has batch size {ids.shape[0]}, expected {batch}")
     if values and ids.numel() > 0 and _values_checkable(ids):
         lo, hi = int(ids.min()), int(ids.max())

@@ -27,3 +27,10 @@ except ImportError:  # pragma: no cover - exercised only on installs without tri
 def block_size(n: int, cap: int = 1024) -> int:
     """A power-of-two block covering n elements (at least 16), at most cap."""
     return max(16, min(cap, next_power_of_2(max(n, 1))))
+
+
+def acc_dtype(dtype):
+    """Accumulation dtype of a kernel: float64 for float64 data, else float32."""
+    import torch
+
+    return torch.float64 if dtype == torch.float64 else torch.float32

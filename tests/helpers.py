@@ -19,9 +19,6 @@ TOL = {
     torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
 }
 
-# Hypothesis profiles: few examples, no deadline (first calls compile or warm caches).
-settings.register_profile("kernels", max_examples=25, deadline=None, derandomize=True)
-settings.register_profile("interpreted", max_examples=8, deadline=None, derandomize=True)
 
 
 def backend_device_pairs(backends=FUSED) -> list:
@@ -47,6 +44,12 @@ def is_interpreted(backend: str, device: str) -> bool:
     return backend == "triton" and device == "cpu"
 
 
+def property_settings(backend: str, device: str) -> settings:
+    """Hypothesis settings for a property test on one backend: few examples under Triton's interpreter
+    (it simulates every program instance in numpy), no deadline (first calls compile), reproducible."""
+    return settings(max_examples=8 if is_interpreted(backend, device) else 30, deadline=None, derandomize=True)
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, **kw) -> None:
     tol = dict(TOL[dtype or expected.dtype])
     tol.update(kw)
@@ -58,3 +61,17 @@ def strided(t: torch.Tensor) -> torch.Tensor:
     wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
     wide[..., ::2] = t
     return wide[..., ::2].detach().requires_grad_(t.requires_grad)
+
+
+def forward_and_grads(fn, inputs: list, wrt: list[int], grad_out: torch.Tensor):
+    """fn(*inputs) and the gradients w.r.t. inputs[i] for i in wrt (zeros for an empty output)."""
+    leaves = [t.detach().requires_grad_(True) if i in wrt else t for i, t in enumerate(inputs)]
+    out = fn(*leaves)
+    if out.numel() == 0:
+        return out, [torch.zeros_like(leaves[i]) for i in wrt]
+    grads = torch.autograd.grad(out, [leaves[i] for i in wrt], grad_out, allow_unused=True)
+    return out, [torch.zeros_like(leaves[i]) if g is None else g for i, g in zip(wrt, grads)]
+
+
+def as_float64(inputs: list) -> list:
+    return [t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs]

@@ -7,19 +7,13 @@
 #include <cstring>
 #include <vector>
 
-#include "mdt_checks.h"
+#include "ops/gather_tokens.h"
 
 namespace mdt {
 namespace {
 
 at::Tensor gather_tokens_cpu(const at::Tensor& x_in, const at::Tensor& ids_in) {
-  MDT_CHECK_DIM(x_in, 3);
-  MDT_CHECK_DIM(ids_in, 2);
-  MDT_CHECK_FLOAT(x_in);
-  MDT_CHECK_IDS(ids_in);
-  MDT_CHECK_SAME_DEVICE(x_in, ids_in);
-  TORCH_CHECK_VALUE(ids_in.size(0) == x_in.size(0), "ids has batch size ", ids_in.size(0), " but x has ",
-                    x_in.size(0));
+  check_gather_tokens(x_in, ids_in);
   const auto x = x_in.contiguous();
   const auto ids = ids_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2), K = ids.size(1);
@@ -50,17 +44,11 @@ void add_row<double>(double* dst, const double* src, int64_t D) {
 }
 
 at::Tensor gather_tokens_backward_cpu(const at::Tensor& grad_in, const at::Tensor& ids_in, c10::SymInt num_tokens) {
-  MDT_CHECK_DIM(grad_in, 3);
-  MDT_CHECK_DIM(ids_in, 2);
-  MDT_CHECK_FLOAT(grad_in);
-  MDT_CHECK_IDS(ids_in);
-  MDT_CHECK_SAME_DEVICE(grad_in, ids_in);
+  check_gather_tokens_backward(grad_in, ids_in);
   const auto grad = grad_in.contiguous();
   const auto ids = ids_in.contiguous();
   const int64_t B = grad.size(0), K = grad.size(1), D = grad.size(2);
   const int64_t N = num_tokens.expect_int();
-  TORCH_CHECK_VALUE(ids.size(0) == B && ids.size(1) == K, "ids shape ", ids.sizes(), " does not match grad ",
-                    grad.sizes());
   check_ids_range_cpu(ids, N, "ids");
   auto dx = at::empty({B, N, D}, grad.options());
   if (dx.numel() == 0) return dx;

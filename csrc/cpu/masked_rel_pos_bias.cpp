@@ -11,19 +11,12 @@
 
 #include <vector>
 
-#include "mdt_checks.h"
+#include "ops/masked_rel_pos_bias.h"
 
 namespace mdt {
 namespace {
 
 constexpr int64_t kBatchChunk = 4;
-
-void check_common(const at::Tensor& ids, int64_t grid_size) {
-  MDT_CHECK_DIM(ids, 2);
-  MDT_CHECK_IDS(ids);
-  TORCH_CHECK_VALUE(grid_size >= 1, "grid_size must be >= 1, got ", grid_size);
-  check_ids_range_cpu(ids, grid_size * grid_size, "ids_keep");
-}
 
 // A (row offsets) and L (column offsets) for every kept token, int32 (B*K each).
 void row_col_offsets(const at::Tensor& ids, int64_t G, std::vector<int32_t>& A, std::vector<int32_t>& L) {
@@ -39,14 +32,10 @@ void row_col_offsets(const at::Tensor& ids, int64_t G, std::vector<int32_t>& A, 
 }
 
 at::Tensor masked_rel_pos_bias_cpu(const at::Tensor& table_in, int64_t grid_size, const at::Tensor& ids_in) {
-  MDT_CHECK_DIM(table_in, 2);
-  MDT_CHECK_FLOAT(table_in);
-  MDT_CHECK_SAME_DEVICE(table_in, ids_in);
+  check_masked_rel_pos_bias(table_in, grid_size, ids_in);
   const auto ids = ids_in.contiguous();
-  check_common(ids, grid_size);
-  const int64_t G = grid_size, W = 2 * G - 1;
-  TORCH_CHECK_VALUE(table_in.size(0) >= W * W, "table has ", table_in.size(0), " rows, fewer than (2*grid_size-1)^2 = ",
-                    W * W, " for grid_size ", G);
+  check_ids_range_cpu(ids, grid_size * grid_size, "ids_keep");
+  const int64_t G = grid_size;
   const int64_t B = ids.size(0), K = ids.size(1), H = table_in.size(1), R = table_in.size(0);
   auto out = at::empty({B, H, K, K}, table_in.options());
   if (out.numel() == 0) return out;
@@ -72,17 +61,13 @@ at::Tensor masked_rel_pos_bias_cpu(const at::Tensor& table_in, int64_t grid_size
 
 at::Tensor masked_rel_pos_bias_backward_cpu(const at::Tensor& grad_in, const at::Tensor& ids_in, int64_t grid_size,
                                             c10::SymInt num_rel) {
-  MDT_CHECK_DIM(grad_in, 4);
-  MDT_CHECK_FLOAT(grad_in);
-  MDT_CHECK_SAME_DEVICE(grad_in, ids_in);
+  const int64_t R = num_rel.expect_int();
+  check_masked_rel_pos_bias_backward(grad_in, ids_in, grid_size, R);
   const auto ids = ids_in.contiguous();
-  check_common(ids, grid_size);
+  check_ids_range_cpu(ids, grid_size * grid_size, "ids_keep");
   const auto grad = grad_in.contiguous();
-  const int64_t B = grad.size(0), H = grad.size(1), K = grad.size(2), R = num_rel.expect_int();
-  const int64_t G = grid_size, W = 2 * G - 1;
-  TORCH_CHECK_VALUE(grad.size(3) == K && ids.size(0) == B && ids.size(1) == K, "grad shape ", grad.sizes(),
-                    " does not match ids_keep ", ids.sizes());
-  TORCH_CHECK_VALUE(R >= W * W, "num_rel ", R, " is smaller than (2*grid_size-1)^2 = ", W * W);
+  const int64_t B = grad.size(0), H = grad.size(1), K = grad.size(2);
+  const int64_t G = grid_size;
   std::vector<int32_t> A, L;
   row_col_offsets(ids, G, A, L);
   const int64_t n_chunks = (B + kBatchChunk - 1) / kBatchChunk;

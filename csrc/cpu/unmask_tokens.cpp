@@ -9,7 +9,7 @@
 #include <cstring>
 #include <vector>
 
-#include "mdt_checks.h"
+#include "ops/unmask_tokens.h"
 
 namespace mdt {
 namespace {
@@ -34,27 +34,10 @@ std::vector<int64_t> inverse_map(const at::Tensor& ids, int64_t N, bool check_di
 
 at::Tensor unmask_tokens_cpu(const at::Tensor& xk_in, const at::Tensor& ids_in, const at::Tensor& mask_in,
                              c10::SymInt num_tokens, const std::optional<at::Tensor>& pos_in) {
-  MDT_CHECK_DIM(xk_in, 3);
-  MDT_CHECK_DIM(ids_in, 2);
-  MDT_CHECK_FLOAT(xk_in);
-  MDT_CHECK_IDS(ids_in);
-  MDT_CHECK_SAME_DEVICE(xk_in, ids_in);
-  MDT_CHECK_SAME_DEVICE(xk_in, mask_in);
-  MDT_CHECK_SAME_DTYPE(xk_in, mask_in);
-  const int64_t B = xk_in.size(0), K = xk_in.size(1), D = xk_in.size(2);
   const int64_t N = num_tokens.expect_int();
-  TORCH_CHECK_VALUE(ids_in.size(0) == B && ids_in.size(1) == K, "ids_keep shape ", ids_in.sizes(),
-                    " does not match x_kept ", xk_in.sizes());
-  TORCH_CHECK_VALUE(K <= N, "x_kept holds ", K, " tokens, more than num_tokens=", N);
-  TORCH_CHECK_VALUE(mask_in.dim() == 1 && mask_in.size(0) == D, "mask_token must have shape (", D, "), got ",
-                    mask_in.sizes());
+  check_unmask_tokens(xk_in, ids_in, mask_in, N, pos_in);
+  const int64_t B = xk_in.size(0), K = xk_in.size(1), D = xk_in.size(2);
   const bool has_pos = pos_in.has_value() && pos_in->defined();
-  if (has_pos) {
-    MDT_CHECK_SAME_DEVICE(xk_in, (*pos_in));
-    MDT_CHECK_SAME_DTYPE(xk_in, (*pos_in));
-    TORCH_CHECK_VALUE(pos_in->dim() == 2 && pos_in->size(0) == N && pos_in->size(1) == D,
-                      "pos_embed must have shape (", N, ", ", D, "), got ", pos_in->sizes());
-  }
   const auto xk = xk_in.contiguous();
   const auto ids = ids_in.contiguous();
   const auto mask = mask_in.contiguous();
@@ -89,16 +72,10 @@ at::Tensor unmask_tokens_cpu(const at::Tensor& xk_in, const at::Tensor& ids_in, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> unmask_tokens_backward_cpu(const at::Tensor& grad_in,
                                                                           const at::Tensor& ids_in, bool has_pos) {
-  MDT_CHECK_DIM(grad_in, 3);
-  MDT_CHECK_DIM(ids_in, 2);
-  MDT_CHECK_FLOAT(grad_in);
-  MDT_CHECK_IDS(ids_in);
-  MDT_CHECK_SAME_DEVICE(grad_in, ids_in);
+  check_unmask_tokens_backward(grad_in, ids_in);
   const auto grad = grad_in.contiguous();
   const auto ids = ids_in.contiguous();
   const int64_t B = grad.size(0), N = grad.size(1), D = grad.size(2), K = ids.size(1);
-  TORCH_CHECK_VALUE(ids.size(0) == B && K <= N, "ids_keep shape ", ids.sizes(), " does not match grad ",
-                    grad.sizes());
   const auto inv = inverse_map(ids, N, /*check_distinct=*/false);
   auto d_xk = at::empty({B, K, D}, grad.options());
   auto d_pos = at::empty({has_pos ? N : 0, D}, grad.options());

@@ -7,12 +7,36 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cassert>
 #include <cstdint>
+#include <cstdio>
+
+#include "launch.h"
 
 namespace mdt {
 
-// Element types crossing the binding boundary (torch.dtype -> DType in the binding).
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+// Device-side input check. Host code does not read device data (that would synchronise), so an
+// invalid index found by a kernel fails the launch with a device-side assertion, as PyTorch's own
+// indexing kernels do, and the kernel never touches memory out of bounds. (The Python wrappers check
+// values on the host when MDT_KERNELS_CHECK_IDS=1.) With NDEBUG the kernel traps instead.
+#ifdef NDEBUG
+#define MDT_DEVICE_FAIL(cond) \
+  do {                        \
+    printf("mdt_kernels: device check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
+    __trap();                 \
+  } while (0)
+#else
+#define MDT_DEVICE_FAIL(cond) assert(cond)
+#endif
+#define MDT_DEVICE_CHECK(cond) \
+  do {                         \
+    if (!(cond)) {             \
+      MDT_DEVICE_FAIL(cond);   \
+      return;                  \
+    }                          \
+  } while (0)
+
+constexpr int kThreads = 256;
 
 __host__ __device__ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

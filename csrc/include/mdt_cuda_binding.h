@@ -1,9 +1,10 @@
 // Helpers for the torch side of CUDA kernels (csrc/cuda/<op>.cpp, compiled only with a CUDA torch).
 #pragma once
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
-#include "../cuda/common.cuh"
+#include "../cuda/launch.h"
 
 namespace mdt {
 
@@ -21,6 +22,6 @@ inline void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
-inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 }  // namespace mdt

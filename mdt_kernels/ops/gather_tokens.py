@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, _dispatch
-from .._triton import block_size, cdiv, jit, tl
+from .._triton import acc_dtype, block_size, cdiv, jit, tl
+from ._register import register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -36,12 +37,12 @@ def _gather_tokens_fwd_kernel(x_ptr, ids_ptr, out_ptr, N, K, D, BLOCK_D: tl.cons
 
 @jit
 def _gather_tokens_bwd_kernel(grad_ptr, ids_ptr, dx_ptr, N, K, D, BLOCK_D: tl.constexpr):
-    # dx is fp32 and zeroed; atomics make duplicate ids accumulate (in arbitrary order on GPU).
+    # dx is zeroed fp32 (fp64 for fp64); atomics make duplicate ids accumulate (in arbitrary order on GPU).
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = offs < D
     dst = (row // K * N + tl.load(ids_ptr + row)) * D
-    g = tl.load(grad_ptr + row * D + offs, mask=mask).to(tl.float32)
+    g = tl.load(grad_ptr + row * D + offs, mask=mask).to(dx_ptr.dtype.element_ty)
     tl.atomic_add(dx_ptr + dst + offs, g, mask=mask)
 
 
@@ -60,7 +61,7 @@ def gather_tokens_triton(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def gather_tokens_backward_triton(grad: torch.Tensor, ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
     grad, ids = grad.contiguous(), ids.contiguous()
     (B, K, D), N = grad.shape, num_tokens
-    dx = grad.new_zeros((B, N, D), dtype=torch.float32)
+    dx = grad.new_zeros((B, N, D), dtype=acc_dtype(grad.dtype))
     if grad.numel() > 0:
         BLOCK_D = block_size(D)
         _gather_tokens_bwd_kernel[(B * K, cdiv(D, BLOCK_D))](grad, ids, dx, N, K, D, BLOCK_D=BLOCK_D)
@@ -85,27 +86,13 @@ def _setup_context(ctx, inputs, output):
     ctx.num_tokens = x.shape[1]
 
 
-def _autograd(backward_op):
-    def backward(ctx, grad):
-        (ids,) = ctx.saved_tensors
-        return backward_op(grad, ids, ctx.num_tokens), None
-
-    return backward
+def _backward(backward_op, ctx, grad):
+    (ids,) = ctx.saved_tensors
+    return backward_op(grad, ids, ctx.num_tokens), None
 
 
-torch.library.register_fake("mdt_kernels::gather_tokens_triton", _fake_forward)
-torch.library.register_fake("mdt_kernels::gather_tokens_backward_triton", _fake_backward)
-torch.library.register_autograd(
-    "mdt_kernels::gather_tokens_triton", _autograd(gather_tokens_backward_triton), setup_context=_setup_context
-)
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::gather_tokens", _fake_forward)
-    torch.library.register_fake("mdt_kernels::gather_tokens_backward", _fake_backward)
-    torch.library.register_autograd(
-        "mdt_kernels::gather_tokens",
-        _autograd(lambda g, ids, n: torch.ops.mdt_kernels.gather_tokens_backward(g, ids, n)),
-        setup_context=_setup_context,
-    )
+register_op("gather_tokens", fake_forward=_fake_forward, fake_backward=_fake_backward, setup_context=_setup_context,
+            backward=_backward)
 
 
 def _compiled(x, ids):

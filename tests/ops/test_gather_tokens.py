@@ -1,7 +1,7 @@
 import pytest
 import torch
-from helpers import DTYPES, assert_close, backend_device_pairs, is_interpreted, strided
-from hypothesis import given, settings
+from helpers import DTYPES, assert_close, backend_device_pairs, is_interpreted, property_settings, strided
+from hypothesis import given
 from hypothesis import strategies as st
 
 import mdt_kernels as mk
@@ -61,20 +61,23 @@ def test_duplicates_accumulate(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
-@given(
-    B=st.integers(0, 3), N=st.integers(1, 12), D=st.sampled_from([1, 3, 16, 97, 130]), data=st.data(),
-    dtype=st.sampled_from(list(DTYPES.values())), contiguous=st.booleans(), unique=st.booleans(),
-)
-def test_property(backend, device, B, N, D, data, dtype, contiguous, unique):
-    settings.load_profile("interpreted" if is_interpreted(backend, device) else "kernels")
-    K = data.draw(st.integers(0, N))
-    x, ids, gy = make(B, N, D, K, dtype, device, unique)
-    if not contiguous:
-        x, ids, gy = strided(x), ids.t().contiguous().t() if B else ids, strided(gy)
-    y, dx = run(backend, x, ids, gy)
-    y_ref, dx_ref = expected(x, ids, gy)
-    torch.testing.assert_close(y, y_ref, atol=0, rtol=0)
-    assert_close(dx, dx_ref, dtype)
+def test_property(backend, device):
+    @property_settings(backend, device)
+    @given(
+        B=st.integers(0, 3), N=st.integers(1, 12), D=st.sampled_from([1, 3, 16, 97, 130]), data=st.data(),
+        dtype=st.sampled_from(list(DTYPES.values())), contiguous=st.booleans(), unique=st.booleans(),
+    )
+    def prop(B, N, D, data, dtype, contiguous, unique):
+        K = data.draw(st.integers(0, N))
+        x, ids, gy = make(B, N, D, K, dtype, device, unique)
+        if not contiguous:
+            x, ids, gy = strided(x), ids.t().contiguous().t() if B else ids, strided(gy)
+        y, dx = run(backend, x, ids, gy)
+        y_ref, dx_ref = expected(x, ids, gy)
+        torch.testing.assert_close(y, y_ref, atol=0, rtol=0)
+        assert_close(dx, dx_ref, dtype)
+
+    prop()
 
 
 @pytest.mark.parametrize("backend,device", backend_device_pairs(("reference",) + ("cpu", "cuda", "triton")))

@@ -1,0 +1,102 @@
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import mdt_kernels as mk
+from mdt_kernels import _dispatch
+
+
+def test_available_backends_lists_reference_first():
+    assert mk.available_backends()[0] == "reference"
+    assert set(mk.available_backends()) <= set(mk.BACKENDS)
+    assert mk.available_backends("meta") == ["reference"]
+
+
+def test_use_backend_global_and_context():
+    start = mk.get_backend()
+    with mk.use_backend("reference"):
+        assert mk.get_backend() == "reference"
+        with mk.use_backend("auto"):
+            assert mk.get_backend() == "auto"
+        assert mk.get_backend() == "reference"
+    assert mk.get_backend() == start
+    try:
+        mk.use_backend("reference")  # plain call: stays set
+        assert mk.get_backend() == "reference"
+    finally:
+        mk.use_backend(start)
+
+
+def test_context_restores_after_exception():
+    start = mk.get_backend()
+    with pytest.raises(ZeroDivisionError), mk.use_backend("reference"):
+        raise ZeroDivisionError
+    assert mk.get_backend() == start
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+        mk.use_backend("cudnn")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_explicit_backend_that_cannot_run_raises_with_reason():
+    x, ids = torch.randn(1, 4, 2), torch.tensor([[0, 1]])
+    with mk.use_backend("cuda"), pytest.raises(mk.BackendError, match="backend 'cuda' cannot run: .*cuda tensors"):
+        mk.gather_tokens(x, ids)
+
+
+def test_auto_picks_cpu_kernel_on_cpu_when_built():
+    with mk.use_backend("auto"):
+        expected = "cpu" if _dispatch.unavailable_reason("cpu", "cpu") is None else "reference"
+        assert _dispatch.resolve("gather_tokens", torch.device("cpu")) == expected
+        assert _dispatch.resolve("gather_tokens", torch.device("meta")) == "reference"
+
+
+def test_auto_never_picks_interpreted_triton():
+    assert "triton" not in _dispatch.AUTO_ORDER["cpu"]
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_environment_variable_sets_default():
+    r = _run("import mdt_kernels as mk; print(mk.get_backend())", MDT_KERNELS_BACKEND="reference")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "reference"
+
+
+def test_bad_environment_variable_is_a_clear_error():
+    r = _run("import mdt_kernels", MDT_KERNELS_BACKEND="fastest")
+    assert r.returncode != 0 and "unknown backend 'fastest'" in r.stderr
+
+
+def test_triton_needs_interpreter_for_cpu_tensors():
+    code = ("import torch, mdt_kernels as mk\n"
+            "mk.use_backend('triton')\n"
+            "try:\n    mk.gather_tokens(torch.randn(1, 3, 2), torch.tensor([[0]]))\n"
+            "except mk.BackendError as e:\n    print(e)\n")
+    r = _run(code, TRITON_INTERPRET="0")
+    assert r.returncode == 0, r.stderr
+    assert "TRITON_INTERPRET=1" in r.stdout or "triton is not installed" in r.stdout
+
+
+def test_auto_without_extension_warns_once_and_uses_reference(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_EXT_ERROR", "the compiled extension could not be loaded (test)")
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    x, ids = torch.randn(1, 4, 2), torch.tensor([[0, 1]])
+    with mk.use_backend("auto"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mk.gather_tokens(x, ids)
+        mk.gather_tokens(x, ids)
+    msgs = [str(w.message) for w in caught if "no fused backend" in str(w.message)]
+    assert len(msgs) == 1 and "could not be loaded (test)" in msgs[0]
+    with mk.use_backend("cpu"), pytest.raises(mk.BackendError, match="could not be loaded"):
+        mk.gather_tokens(x, ids)
