@@ -21,7 +21,7 @@
 #include <immintrin.h>
 #endif
 
-#include "mdt_adan.h"
+#include "ops/adan.h"
 
 namespace mdt {
 namespace {
@@ -121,7 +121,7 @@ void adan_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    at::TensorList exp_avg_diff, at::TensorList neg_pre_grad, const at::Tensor& clip_coef, double lr,
                    double beta1, double beta2, double beta3, double bias_correction1, double bias_correction2,
                    double bias_correction3_sqrt, double eps, double weight_decay, bool no_prox, bool first) {
-  check_adan_inputs(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, c10::kCPU);
+  check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, c10::kCPU);
   if (params.empty()) return;
   const auto p_type = params[0].scalar_type(), s_type = exp_avg[0].scalar_type();
 

@@ -5,8 +5,8 @@
 #include <vector>
 
 #include "adan_kernels.h"
-#include "mdt_adan.h"
 #include "mdt_cuda_binding.h"
+#include "ops/adan.h"
 
 namespace mdt {
 namespace {
@@ -16,7 +16,7 @@ void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorLi
                        double lr, double beta1, double beta2, double beta3, double bias_correction1,
                        double bias_correction2, double bias_correction3_sqrt, double eps, double weight_decay,
                        bool no_prox, bool first) {
-  check_adan_inputs(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, c10::kCUDA);
+  check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, c10::kCUDA);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<std::array<void*, 6>> ptrs(params.size());
@@ -37,9 +37,9 @@ void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorLi
                         no_prox,
                         first};
   static_assert(sizeof(std::array<void*, 6>) == sizeof(void* [6]), "pointer rows must be packed");
-  check_launch(adan_step_cuda(dtype_code(params[0]), dtype_code(exp_avg[0]), static_cast<int64_t>(ptrs.size()),
-                              reinterpret_cast<void* const(*)[6]>(ptrs.data()), numels.data(),
-                              clip_coef.const_data_ptr<float>(), hyper, current_stream()),
+  check_launch(launch_adan_step(dtype_code(params[0]), dtype_code(exp_avg[0]), static_cast<int64_t>(ptrs.size()),
+                                reinterpret_cast<void* const(*)[6]>(ptrs.data()), numels.data(),
+                                clip_coef.const_data_ptr<float>(), hyper, current_stream()),
                "adan_step_ (CUDA)");
 }
 

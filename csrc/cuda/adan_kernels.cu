@@ -9,11 +9,12 @@
 #include <type_traits>
 
 #include "adan_kernels.h"
+#include "common.cuh"
 
 namespace mdt {
 namespace {
 
-constexpr int kThreads = 512;
+constexpr int kAdanThreads = 512;
 constexpr int kVec = 4;            // elements per thread per iteration on the aligned path
 constexpr int64_t kChunk = 65536;  // elements per block
 constexpr int kMaxTensors = 36;
@@ -57,7 +58,7 @@ __device__ __forceinline__ bool aligned(const void* ptr) {
 }
 
 template <typename P, typename S, bool kFirst, bool kNoProx>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kAdanThreads)
     adan_step_kernel(const AdanTable table, const AdanHyper h, const float* __restrict__ clip_coef) {
   using M = std::conditional_t<std::is_same_v<P, double> || std::is_same_v<S, double>, double, float>;
   const float clip = *clip_coef;
@@ -79,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
   if (aligned<P>(p) && aligned<P>(g) && aligned<S>(m) && aligned<S>(n) && aligned<S>(v) && aligned<S>(q)) {
     // begin is a multiple of kChunk, so every pack below is aligned as well.
     const int64_t vec_end = begin + (end - begin) / kVec * kVec;
-    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vec_end; i += kThreads * kVec) {
+    for (int64_t i = begin + static_cast<int64_t>(threadIdx.x) * kVec; i < vec_end; i += kAdanThreads * kVec) {
       Pack<P> pp = *reinterpret_cast<const Pack<P>*>(p + i);
       const Pack<P> gp = *reinterpret_cast<const Pack<P>*>(g + i);
       Pack<S> mp = *reinterpret_cast<const Pack<S>*>(m + i);
@@ -106,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     tail = vec_end;
   }
-  for (int64_t i = tail + threadIdx.x; i < end; i += kThreads) {
+  for (int64_t i = tail + threadIdx.x; i < end; i += kAdanThreads) {
     M pk = to_acc(p[i]), mk = to_acc(m[i]), nk = to_acc(n[i]), vk = to_acc(v[i]);
     M qk = kFirst ? M(0) : M(to_acc(q[i]));
     adan_element<kFirst, kNoProx>(pk, M(to_acc(g[i])), mk, nk, vk, qk, c);
@@ -122,11 +123,11 @@ template <typename P, typename S>
 cudaError_t launch_table(const AdanTable& table, int blocks, const AdanHyper& h, const float* clip_coef,
                          cudaStream_t stream) {
   if (h.first) {
-    if (h.no_prox) adan_step_kernel<P, S, true, true><<<blocks, kThreads, 0, stream>>>(table, h, clip_coef);
-    else adan_step_kernel<P, S, true, false><<<blocks, kThreads, 0, stream>>>(table, h, clip_coef);
+    if (h.no_prox) adan_step_kernel<P, S, true, true><<<blocks, kAdanThreads, 0, stream>>>(table, h, clip_coef);
+    else adan_step_kernel<P, S, true, false><<<blocks, kAdanThreads, 0, stream>>>(table, h, clip_coef);
   } else {
-    if (h.no_prox) adan_step_kernel<P, S, false, true><<<blocks, kThreads, 0, stream>>>(table, h, clip_coef);
-    else adan_step_kernel<P, S, false, false><<<blocks, kThreads, 0, stream>>>(table, h, clip_coef);
+    if (h.no_prox) adan_step_kernel<P, S, false, true><<<blocks, kAdanThreads, 0, stream>>>(table, h, clip_coef);
+    else adan_step_kernel<P, S, false, false><<<blocks, kAdanThreads, 0, stream>>>(table, h, clip_coef);
   }
   return cudaGetLastError();
 }
@@ -169,9 +170,9 @@ cudaError_t launch_all(int64_t num_tensors, void* const (*tensors)[6], const int
 
 }  // namespace
 
-cudaError_t adan_step_cuda(DType param_dtype, DType state_dtype, int64_t num_tensors, void* const (*tensors)[6],
-                           const int64_t* numels, const float* clip_coef, const AdanHyper& hyper,
-                           cudaStream_t stream) {
+cudaError_t launch_adan_step(DType param_dtype, DType state_dtype, int64_t num_tensors, void* const (*tensors)[6],
+                             const int64_t* numels, const float* clip_coef, const AdanHyper& hyper,
+                             cudaStream_t stream) {
   return dispatch_dtype(param_dtype, [&](auto p_tag) -> cudaError_t {
     using P = decltype(p_tag);
     if (state_dtype == DType::kFloat32) return launch_all<P, float>(num_tensors, tensors, numels, clip_coef, hyper, stream);

@@ -1,6 +1,6 @@
 // Fused multi-tensor Adan step on CUDA (kernels in adan_kernels.cu, torch binding in adan.cpp).
 #pragma once
-#include "common.cuh"
+#include "launch.h"
 
 namespace mdt {
 
@@ -20,8 +20,8 @@ struct AdanHyper {
 // numels[i] elements each; params and grads are param_dtype, the four states state_dtype (float32 or
 // param_dtype). clip_coef points to one float on the device; a non-finite value makes every block
 // return without writing. Launches as few kernels as the kernel-argument tables allow, on `stream`.
-cudaError_t adan_step_cuda(DType param_dtype, DType state_dtype, int64_t num_tensors, void* const (*tensors)[6],
-                           const int64_t* numels, const float* clip_coef, const AdanHyper& hyper,
-                           cudaStream_t stream);
+cudaError_t launch_adan_step(DType param_dtype, DType state_dtype, int64_t num_tensors, void* const (*tensors)[6],
+                             const int64_t* numels, const float* clip_coef, const AdanHyper& hyper,
+                             cudaStream_t stream);
 
 }  // namespace mdt

@@ -1,8 +1,6 @@
-// Input checks of the fused Adan step, shared by the CPU kernel and the CUDA binding. The kernels
+// Input checks of the fused Adan step (adan_step_), shared by the CPU and CUDA bindings. The kernels
 // address every tensor as flat memory, so all six tensors of a parameter must share its dense layout.
 #pragma once
-#include <ATen/ATen.h>
-
 #include "mdt_checks.h"
 
 namespace mdt {
@@ -24,7 +22,7 @@ inline void check_adan_list(const at::TensorList& list, const at::TensorList& pa
 }
 
 // Checks everything the kernels rely on; device_type is the backend's (kCPU or kCUDA).
-inline void check_adan_inputs(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
+inline void check_adan_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
                               at::TensorList exp_avg_sq, at::TensorList exp_avg_diff, at::TensorList neg_pre_grad,
                               const at::Tensor& clip_coef, c10::DeviceType device_type) {
   for (size_t i = 0; i < params.size(); ++i) {
