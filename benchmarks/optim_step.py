@@ -131,7 +131,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"# Optimizer step: {meta['device']} ({meta['dtype']} parameters)",
         "",
         f"torch {meta['torch']}, measured copy bandwidth {meta['copy_gbps']:.1f} GB/s, commit {meta['commit']}, "
-        f"{meta['date']}. Median ms per step. Adan: lr 5e-4, weight_decay 0.02, max_grad_norm 1, fp32 state. "
+        f"{meta['date']}, load average at start {meta['load_avg']}. Median ms per step. "
+        "Adan: lr 5e-4, weight_decay 0.02, max_grad_norm 1, fp32 state. "
         "B/param: minimal bytes moved per parameter; x min: time over the time of those bytes at copy bandwidth.",
         "",
         "| model | params | provider | ms | vs Adan foreach | B/param | GB/s | % copy | x min |",
@@ -158,9 +159,12 @@ def main(argv=None) -> None:
     if any(s not in MODELS for s in shapes):
         p.error(f"unknown shape in {shapes}; known: {list(MODELS)}")
 
+    load = os.getloadavg()[0]
+    if device.type == "cpu" and load > 0.5:  # as profile_ops: another busy process steals an OpenMP thread's core
+        print(f"warning: load average {load:.2f}; CPU timings on a busy machine are not representative")
     bw = copy_bandwidth(device)
     meta = dict(device=device_name(device), dtype=args.dtype, torch=torch.__version__, copy_gbps=bw, commit=git_sha(),
-                date=datetime.date.today().isoformat(), notes=[])
+                date=datetime.date.today().isoformat(), load_avg=round(load, 2), notes=[])
     print(f"{meta['device']}: copy bandwidth {bw:.1f} GB/s")
     rows = []
     for name in shapes:
