@@ -298,10 +298,17 @@ def adan_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: li
         check: validate every tensor's dtype, shape and device in Python first. A caller that guarantees
             them (mdt.optim.Adan: autograd checks .grad, the optimizer makes the state) may pass False
             to save ~3 us per parameter; the C++ ops still check on their own.
+    Runs under torch.no_grad(): parameters may be leaves that require grad.
     """
     states = (exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad)
     if check:
         _check(params, grads, states)
+    with torch.no_grad():  # an optimizer step: parameters are leaves that require grad
+        _run(params, grads, states, lr, step, betas, eps, weight_decay, no_prox, clip_coef, first, backend)
+
+
+def _run(params, grads, states, lr, step, betas, eps, weight_decay, no_prox, clip_coef, first, backend) -> None:
+    exp_avg = states[0]
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     beta1, beta2, beta3 = betas

@@ -142,6 +142,17 @@ def test_grads_are_read_only(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
+def test_leaf_params_that_require_grad(backend, device):
+    """As an optimizer passes them: updated in place, still leaves, no autograd history."""
+    params, states = make_state([(6,), (40,)], F32, F32, device)
+    params = [p.requires_grad_() for p in params]
+    before = [p.detach().clone() for p in params]
+    mk.adan_step(params, grads_for(params, 1), *states, step=1, backend=backend, **HYPER)
+    assert all(p.is_leaf and p.grad_fn is None and p.requires_grad for p in params)
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(params, before, strict=True))
+
+
+@pytest.mark.parametrize("backend,device", PAIRS)
 def test_non_contiguous_layouts(backend, device):
     """A permuted dense parameter (state sharing its strides) and a strided slice: both updated in place."""
     base = torch.randn(12, 9, device=device)
