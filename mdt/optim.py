@@ -145,6 +145,9 @@ class Adan(torch.optim.Optimizer):
                    for gs in by_device.values()]
         norm = partial[0] if len(partial) == 1 else torch.linalg.vector_norm(torch.stack(partial))
         finite = torch.isfinite(norm)
+        if self.nonfinite == "raise" and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("Adan(nonfinite='raise') reads one flag on the host per step, which a CUDA graph "
+                               "capture cannot do; capture with Adan(..., nonfinite='skip')")
         if self.nonfinite == "raise" and not bool(finite):  # the one host sync of this policy
             self._raise_nonfinite(grads, where)
         max_norm = self.defaults["max_grad_norm"]
