@@ -452,3 +452,17 @@ def test_cuda_step_has_no_host_sync_and_captures_in_a_graph(backend):
     for p, q in zip(params, twin, strict=True):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
     assert math.isclose(opt.param_groups[0]["step"], 4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graph_capture_with_raise_policy_explains():
+    params = make_params(device="cuda")
+    opt = Adan(params, max_grad_norm=1.0, **HYPER)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with pytest.raises(RuntimeError, match="nonfinite='skip'"), torch.cuda.stream(stream), torch.cuda.graph(graph):
+        opt.step()
