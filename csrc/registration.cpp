@@ -35,4 +35,7 @@ TORCH_LIBRARY(mdt_kernels, m) {
       "Tensor(d!)[] exp_avg_diff, Tensor(e!)[] neg_pre_grad, Tensor clip_coef, float lr, float beta1, float beta2, "
       "float beta3, float bias_correction1, float bias_correction2, float bias_correction3_sqrt, float eps, "
       "float weight_decay, bool no_prox, bool first) -> ()");
+  // sqrt(sum over all tensors of sum(x^2)) as a 0-d float32 tensor (Adan's global gradient norm). CPU
+  // only: on CUDA, torch._foreach_norm is already one multi-tensor kernel.
+  m.def("multi_tensor_l2_norm(Tensor[] tensors) -> Tensor");
 }

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from mdt_kernels.ops.adan import STATE_NAMES, adan_step, fused_available
+from mdt_kernels.ops.adan import STATE_NAMES, adan_step, fused_available, global_norm
 
 NONFINITE_POLICIES = ("raise", "skip")
 
@@ -134,6 +134,11 @@ class Adan(torch.optim.Optimizer):
     # -----------------------------------------------------------------------------------------------
     # Step
 
+    @staticmethod
+    def _backend(fused: bool | None, device: torch.device) -> str | None:
+        """The adan_step backend of a group: None (the dispatcher's fused choice) or "reference"."""
+        return None if fused or (fused is None and fused_available(device)) else "reference"
+
     def _clip_coef(self, grads: list[torch.Tensor], where: list[tuple[int, int]]) -> torch.Tensor:
         """The 0-d float32 clip coefficient on the first gradient's device: min(1, max_norm / (norm +
         eps)), or 1 without clipping; NaN (skip) or an exception (raise) when the norm is not finite."""
@@ -141,8 +146,8 @@ class Adan(torch.optim.Optimizer):
         by_device: dict[torch.device, list[torch.Tensor]] = {}
         for g in grads:
             by_device.setdefault(g.device, []).append(g)
-        partial = [torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gs, 2, dtype=torch.float32))).to(device)
-                   for gs in by_device.values()]
+        fused = self.param_groups[0]["fused"]  # the norm's implementation follows the (first group's) path
+        partial = [global_norm(gs, self._backend(fused, dev)).to(device) for dev, gs in by_device.items()]
         norm = partial[0] if len(partial) == 1 else torch.linalg.vector_norm(torch.stack(partial))
         finite = torch.isfinite(norm)
         if self.nonfinite == "raise" and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -215,8 +220,7 @@ class Adan(torch.optim.Optimizer):
                     fresh.append(p)
                 else:
                     seen.append(p)
-            backend = None if group["fused"] or (group["fused"] is None and fused_available(params[0].device)) \
-                else "reference"
+            backend = self._backend(group["fused"], params[0].device)
             for first, ps in ((True, fresh), (False, seen)):
                 if not ps:
                     continue

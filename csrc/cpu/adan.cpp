@@ -170,8 +170,69 @@ void adan_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   });
 }
 
+// Sum of squares of x[0, n): kWidth independent fp32 lanes (vectorised; like torch's fp32 norm, a
+// square above ~3e38 overflows to inf), added up in double.
+template <typename T>
+double sum_squares(const T* __restrict x, int64_t n) {
+  float lanes[kWidth] = {};
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+#pragma omp simd
+    for (int64_t k = 0; k < kWidth; ++k) {
+      const float v = static_cast<float>(x[i + k]);
+      lanes[k] += v * v;
+    }
+  }
+  double total = 0.0;
+  for (int64_t k = 0; k < kWidth; ++k) total += lanes[k];
+  for (; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    total += v * v;
+  }
+  return total;
+}
+template <>
+double sum_squares<double>(const double* __restrict x, int64_t n) {
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) total += x[i] * x[i];
+  return total;
+}
+
+// The global L2 norm of the gradients for Adan's clipping and finiteness test, in one parallel pass
+// over all tensors (torch._foreach_norm on CPU runs one reduction per tensor). Chunk partial sums are
+// added in a fixed order, so the result does not depend on the thread count.
+at::Tensor multi_tensor_l2_norm_cpu(at::TensorList tensors) {
+  std::vector<at::Tensor> dense;
+  std::vector<WorkItem> work;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK_VALUE(t.is_cpu(), "tensors[", i, "] is on ", t.device(), "; this is the CPU kernel");
+    MDT_CHECK_FLOAT(t);
+    // Any dense layout will do (order does not matter for a sum); anything else is copied.
+    dense.push_back(t.numel() <= 1 || t.is_non_overlapping_and_dense() ? t : t.contiguous());
+    for (int64_t b = 0; b < t.numel(); b += kChunk)
+      work.push_back({static_cast<int64_t>(i), b, std::min(t.numel(), b + kChunk)});
+  }
+  std::vector<double> partial(work.size());
+  at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      const WorkItem& it = work[w];
+      const at::Tensor& t = dense[it.tensor];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "multi_tensor_l2_norm_cpu", [&] {
+        partial[w] = sum_squares(t.const_data_ptr<scalar_t>() + it.begin, it.end - it.begin);
+      });
+    }
+  });
+  double total = 0.0;
+  for (const double v : partial) total += v;
+  return at::scalar_tensor(static_cast<float>(std::sqrt(total)), at::TensorOptions().dtype(at::kFloat));
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) { m.impl("adan_step_", &adan_step_cpu); }
+TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
+  m.impl("adan_step_", &adan_step_cpu);
+  m.impl("multi_tensor_l2_norm", &multi_tensor_l2_norm_cpu);
+}
 
 }  // namespace mdt

@@ -219,6 +219,14 @@ if _dispatch._EXT_ERROR is None:
     torch.library.register_fake("mdt_kernels::adan_step_", _fake)
 
 
+def _fake_norm(tensors):
+    return torch.empty((), dtype=torch.float32, device=tensors[0].device if tensors else "cpu")
+
+
+if _dispatch._EXT_ERROR is None:
+    torch.library.register_fake("mdt_kernels::multi_tensor_l2_norm", _fake_norm)
+
+
 def _compiled(*args) -> None:
     torch.ops.mdt_kernels.adan_step_(*args)
 
@@ -238,6 +246,22 @@ def fused_available(device: torch.device | str) -> bool:
         return chosen != "reference"
     return any(b != "reference" and _dispatch.unavailable_reason(b, device) is None
                for b in _dispatch.AUTO_ORDER.get(device.type, ()))
+
+
+def global_norm(tensors: list[torch.Tensor], backend: str | None = None) -> torch.Tensor:
+    """The L2 norm over all ``tensors`` (one device, at least one tensor) as a 0-d float32 tensor,
+    without a host sync: what Adan clips with. On the cpu backend one parallel pass of the C++ kernel
+    ``multi_tensor_l2_norm`` (torch._foreach_norm runs a reduction per tensor there); elsewhere
+    torch._foreach_norm, which on CUDA is already one multi-tensor kernel. ``backend`` None: the
+    dispatcher's choice for adan_step."""
+    name = backend or _dispatch.resolve("adan_step", tensors[0].device)
+    if name == "cpu":
+        return torch.ops.mdt_kernels.multi_tensor_l2_norm(tensors)
+    f64 = [t for t in tensors if t.dtype == torch.float64]  # a float32 norm of float64 would narrow
+    rest = [t for t in tensors if t.dtype != torch.float64]
+    norms = list(torch._foreach_norm(rest, 2, dtype=torch.float32)) if rest else []
+    norms += [n.float() for n in torch._foreach_norm(f64, 2)] if f64 else []
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _is_dense(t: torch.Tensor) -> bool:

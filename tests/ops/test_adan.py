@@ -285,3 +285,40 @@ def test_cpp_op_checks_inputs_itself():
     bad_state[3] = [t.half() for t in args[3]]
     with pytest.raises(TypeError, match="share one dtype"):
         torch.ops.mdt_kernels.adan_step_(*bad_state)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The global gradient norm (Adan's clipping and finiteness test)
+
+NORM_BACKENDS = backend_device_pairs(("reference", "cpu", "cuda"))
+
+
+@pytest.mark.parametrize("backend,device", NORM_BACKENDS)
+def test_global_norm(backend, device):
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(40, 30, generator=gen)
+    tensors = [torch.randn(70001, generator=gen), torch.randn(3, 5, generator=gen).to(BF16), torch.zeros(0),
+               torch.randn(1, generator=gen).to(F16), base[:, ::3], base.t(), torch.randn(17, generator=gen).double()]
+    tensors = [t.to(device) for t in tensors]
+    expected = math.sqrt(sum(float((t.double() ** 2).sum()) for t in tensors))
+    got = adan_ops.global_norm(tensors, backend)
+    assert got.dtype == F32 and got.shape == () and got.device.type == device
+    assert math.isclose(float(got), expected, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", NORM_BACKENDS)
+@pytest.mark.parametrize("bad,expected", [(float("nan"), "nan"), (float("inf"), "inf"), (1e30, "inf")])
+def test_global_norm_nonfinite(backend, device, bad, expected):
+    """NaN and inf propagate; squares beyond float32 overflow to inf (as torch's fp32 norm does)."""
+    tensors = [torch.randn(100, device=device), torch.randn(33000, device=device)]
+    tensors[1][32999] = bad
+    assert str(float(adan_ops.global_norm(tensors, backend))) == expected
+
+
+@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
+def test_multi_tensor_l2_norm_op():
+    tensors = [torch.randn(4, 3), torch.randn(5).to(BF16)]
+    torch.library.opcheck(torch.ops.mdt_kernels.multi_tensor_l2_norm, (tensors,),
+                          test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(TypeError, match="float32"):
+        torch.ops.mdt_kernels.multi_tensor_l2_norm([torch.ones(3, dtype=torch.int64)])
