@@ -18,6 +18,10 @@
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX__)
+// GCC 12's own intrinsics pass _mm512_undefined_*() through and then warn about it after inlining
+// (-W[maybe-]uninitialized, reported at the header's line); silenced for this file only.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #endif
 
@@ -39,8 +43,7 @@ struct Consts {
 // would have to be set for every source file), so the one non-arithmetic operation is spelled out.
 inline void sqrt_block(float* x) {
 #if defined(__AVX512F__)
-  // Not _mm512_sqrt_ps: GCC 12 warns about the _mm512_undefined_ps() it passes through.
-  _mm512_storeu_ps(x, _mm512_maskz_sqrt_ps(static_cast<__mmask16>(0xFFFF), _mm512_loadu_ps(x)));
+  _mm512_storeu_ps(x, _mm512_sqrt_ps(_mm512_loadu_ps(x)));
 #elif defined(__AVX__)
   _mm256_storeu_ps(x, _mm256_sqrt_ps(_mm256_loadu_ps(x)));
   _mm256_storeu_ps(x + 8, _mm256_sqrt_ps(_mm256_loadu_ps(x + 8)));
@@ -48,46 +51,97 @@ inline void sqrt_block(float* x) {
   for (int64_t k = 0; k < kWidth; ++k) x[k] = std::sqrt(x[k]);
 #endif
 }
-inline void sqrt_block(double* x) {
-  for (int64_t k = 0; k < kWidth; ++k) x[k] = std::sqrt(x[k]);
+// kWidth values between a tensor and floats. Vectorised for the 16-bit types with AVX-512, rounding to
+// nearest even as c10's conversions do (bf16 NaN -> 0x7FC0, like c10); elsewhere element by element.
+template <typename T>
+inline void to_float(const T* src, float* dst) {
+  for (int64_t k = 0; k < kWidth; ++k) dst[k] = static_cast<float>(src[k]);
+}
+template <typename T>
+inline void from_float(const float* src, T* dst) {
+  for (int64_t k = 0; k < kWidth; ++k) dst[k] = static_cast<T>(src[k]);
+}
+#if defined(__AVX512F__)
+template <>
+inline void to_float<c10::BFloat16>(const c10::BFloat16* src, float* dst) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+  _mm512_storeu_ps(dst, _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16)));
+}
+template <>
+inline void from_float<c10::BFloat16>(const float* src, c10::BFloat16* dst) {
+  const __m512 x = _mm512_loadu_ps(src);
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(r));
+}
+template <>
+inline void to_float<c10::Half>(const c10::Half* src, float* dst) {
+  _mm512_storeu_ps(dst, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))));
+}
+template <>
+inline void from_float<c10::Half>(const float* src, c10::Half* dst) {
+  const __m256i h = _mm512_cvtps_ph(_mm512_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), h);
+}
+#endif
+
+// kWidth elements starting at p, g, m, ... with fp32 math: converted into registers, updated, stored;
+// every loop has a constant trip count, so each unrolls into a few vector instructions.
+template <bool kFirst, bool kNoProx, typename P, typename S>
+inline void adan_block16(P* p, const P* g, S* m, S* n, S* v, S* q, const Consts<float>& c) {
+  float pb[kWidth], gb[kWidth], mb[kWidth], nb[kWidth], vb[kWidth], qb[kWidth], sq[kWidth];
+  to_float(g, gb);
+  to_float(m, mb);
+  to_float(n, nb);
+  to_float(v, vb);
+  to_float(p, pb);
+  if constexpr (!kFirst) to_float(q, qb);
+#pragma omp simd
+  for (int64_t k = 0; k < kWidth; ++k) {
+    const float gk = c.clip * gb[k];
+    const float d = kFirst ? 0.f : gk + qb[k];
+    mb[k] = c.b1 * mb[k] + c.omb1 * gk;
+    vb[k] = c.b2 * vb[k] + c.omb2 * d;
+    const float u = gk + c.b2 * d;
+    nb[k] = c.b3 * nb[k] + c.omb3 * u * u;
+    qb[k] = -gk;
+    sq[k] = nb[k];
+  }
+  sqrt_block(sq);
+#pragma omp simd
+  for (int64_t k = 0; k < kWidth; ++k) {
+    const float denom = sq[k] / c.bc3_sqrt + c.eps;
+    const float update = (c.step_size * mb[k] + c.step_size_diff * vb[k]) / denom;
+    pb[k] = kNoProx ? pb[k] * c.decay - update : (pb[k] - update) / c.decay;
+  }
+  from_float(pb, p);
+  from_float(mb, m);
+  from_float(nb, n);
+  from_float(vb, v);
+  from_float(qb, q);
 }
 
-// Elements [i0, i0 + w) of one tensor, w <= kWidth (w == kWidth when kFull, letting the compiler
-// unroll both loops into a few vector instructions each).
-template <bool kFull, bool kFirst, bool kNoProx, typename P, typename S, typename M>
+// Elements [i0, i0 + w) of one tensor, any w: the tails of the fp32-math path and all of fp64.
+template <bool kFirst, bool kNoProx, typename P, typename S, typename M>
 inline void adan_block(P* __restrict p, const P* __restrict g, S* __restrict m, S* __restrict n,
                        S* __restrict v, S* __restrict q, int64_t i0, int64_t w, const Consts<M>& c) {
-  if constexpr (kFull) w = kWidth;
-  M mb[kWidth], vb[kWidth], sq[kWidth];
-#pragma omp simd
-  for (int64_t k = 0; k < w; ++k) {
-    const int64_t i = i0 + k;
+  for (int64_t i = i0; i < i0 + w; ++i) {
     const M gk = c.clip * static_cast<M>(g[i]);
     const M d = kFirst ? M(0) : gk + static_cast<M>(q[i]);
     const M mk = c.b1 * static_cast<M>(m[i]) + c.omb1 * gk;
     const M vk = c.b2 * static_cast<M>(v[i]) + c.omb2 * d;
     const M u = gk + c.b2 * d;
     const M nk = c.b3 * static_cast<M>(n[i]) + c.omb3 * u * u;
+    const M denom = std::sqrt(nk) / c.bc3_sqrt + c.eps;
+    const M update = (c.step_size * mk + c.step_size_diff * vk) / denom;
+    const M pk = static_cast<M>(p[i]);
+    p[i] = static_cast<P>(kNoProx ? pk * c.decay - update : (pk - update) / c.decay);
     m[i] = static_cast<S>(mk);
     v[i] = static_cast<S>(vk);
     n[i] = static_cast<S>(nk);
     q[i] = static_cast<S>(-gk);
-    mb[k] = mk;
-    vb[k] = vk;
-    sq[k] = nk;
-  }
-  if constexpr (kFull) {
-    sqrt_block(sq);
-  } else {
-    for (int64_t k = 0; k < w; ++k) sq[k] = std::sqrt(sq[k]);
-  }
-#pragma omp simd
-  for (int64_t k = 0; k < w; ++k) {
-    const int64_t i = i0 + k;
-    const M denom = sq[k] / c.bc3_sqrt + c.eps;
-    const M update = (c.step_size * mb[k] + c.step_size_diff * vb[k]) / denom;
-    const M pk = static_cast<M>(p[i]);
-    p[i] = static_cast<P>(kNoProx ? pk * c.decay - update : (pk - update) / c.decay);
   }
 }
 
@@ -98,10 +152,8 @@ struct WorkItem {
   int64_t tensor, begin, end;
 };
 
-template <bool kFirst, bool kNoProx, typename P, typename S>
-void adan_run(const std::vector<TensorPtrs>& ptrs, const std::vector<WorkItem>& work,
-              const Consts<std::conditional_t<std::is_same_v<P, double> || std::is_same_v<S, double>, double, float>>&
-                  c) {
+template <bool kFirst, bool kNoProx, typename P, typename S, typename M>
+void adan_run(const std::vector<TensorPtrs>& ptrs, const std::vector<WorkItem>& work, const Consts<M>& c) {
   at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) {
       const WorkItem& it = work[w];
@@ -111,8 +163,11 @@ void adan_run(const std::vector<TensorPtrs>& ptrs, const std::vector<WorkItem>& 
       auto *m = static_cast<S*>(t.m), *n = static_cast<S*>(t.n), *v = static_cast<S*>(t.v),
            *q = static_cast<S*>(t.q);
       int64_t i = it.begin;
-      for (; i + kWidth <= it.end; i += kWidth) adan_block<true, kFirst, kNoProx>(p, g, m, n, v, q, i, kWidth, c);
-      if (i < it.end) adan_block<false, kFirst, kNoProx>(p, g, m, n, v, q, i, it.end - i, c);
+      if constexpr (std::is_same_v<M, float>) {
+        for (; i + kWidth <= it.end; i += kWidth)
+          adan_block16<kFirst, kNoProx>(p + i, g + i, m + i, n + i, v + i, q + i, c);
+      }
+      adan_block<kFirst, kNoProx>(p, g, m, n, v, q, i, it.end - i, c);
     }
   });
 }
