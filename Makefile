@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PIP := $(VPY) -m pip install --no-input
 
-.PHONY: venv build test test-cuda bench bench-micro lint clean
+.PHONY: venv build test test-cuda bench bench-optim bench-micro lint clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -27,11 +27,14 @@ test: build
 bench: build
 	$(VPY) -m benchmarks.profile_ops
 
+bench-optim: build
+	$(VPY) -m benchmarks.optim_step
+
 bench-micro: build
 	$(VPY) -m pytest benchmarks/micro -q --benchmark-only
 
 lint: venv
-	$(VPY) -m ruff check mdt_kernels tests benchmarks
+	$(VPY) -m ruff check mdt mdt_kernels tests benchmarks
 
 clean:
 	rm -rf build *.egg-info mdt_kernels/*.so

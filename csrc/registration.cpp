@@ -39,4 +39,16 @@ TORCH_LIBRARY(mdt_kernels, m) {
   m.def("residual_adaln_modulate(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   // -> (dx, dgate, dy, dshift, dscale); grad_h may be None (h unused)
   m.def("residual_adaln_modulate_backward(Tensor? grad_h, Tensor grad_out, Tensor h, Tensor y, Tensor gate, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // One fused Adan step over many parameters, in place: g = clip_coef * grad, first: d = 0 (else
+  // d = g + neg_pre_grad), then m, n, v, params and neg_pre_grad = -g (see mdt_kernels/ops/adan.py).
+  // Lists are index-aligned; params/grads share a dtype, the four states share float32 or that dtype.
+  // A non-finite clip_coef (one-element float32 tensor on the params' device) leaves everything as is.
+  m.def(
+      "adan_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, "
+      "Tensor(d!)[] exp_avg_diff, Tensor(e!)[] neg_pre_grad, Tensor clip_coef, float lr, float beta1, float beta2, "
+      "float beta3, float bias_correction1, float bias_correction2, float bias_correction3_sqrt, float eps, "
+      "float weight_decay, bool no_prox, bool first) -> ()");
+  // sqrt(sum over all tensors of sum(x^2)) as a 0-d float32 tensor (Adan's global gradient norm). CPU
+  // only: on CUDA, torch._foreach_norm is already one multi-tensor kernel.
+  m.def("multi_tensor_l2_norm(Tensor[] tensors) -> Tensor");
 }

@@ -6,6 +6,7 @@ which runs (``auto``: the fastest one that can run for the tensors' device).
 
 from ._dispatch import BACKENDS, BackendError, available_backends, get_backend, use_backend
 from .ops.adaln_modulate import adaln_modulate
+from .ops.adan import adan_step
 from .ops.gated_residual import gated_residual
 from .ops.gather_tokens import gather_tokens
 from .ops.masked_rel_pos_bias import masked_rel_pos_bias
@@ -16,13 +17,14 @@ __all__ = [
     "BACKENDS",
     "BackendError",
     "adaln_modulate",
+    "adan_step",
     "available_backends",
     "gated_residual",
     "gather_tokens",
     "get_backend",
     "masked_rel_pos_bias",
-    "unmask_tokens",
     "residual_adaln_modulate",
+    "unmask_tokens",
     "use_backend",
 ]
 __version__ = "0.1.0"
