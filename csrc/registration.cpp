@@ -26,4 +26,17 @@ TORCH_LIBRARY(mdt_kernels, m) {
   m.def("masked_rel_pos_bias(Tensor table, int grid_size, Tensor ids_keep) -> Tensor");
   // d_table (num_rel, H), accumulated deterministically on CPU
   m.def("masked_rel_pos_bias_backward(Tensor grad, Tensor ids_keep, int grid_size, SymInt num_rel) -> Tensor");
+  // out = LayerNorm_no_affine(x) * (1 + scale[:,None]) + shift[:,None]; x (B,N,D), shift/scale (B,D) any strides.
+  // Also returns the per-row mean and rstd (B,N) in fp32 (fp64 for fp64 x), saved for the backward.
+  m.def("adaln_modulate(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
+  // -> (dx, dshift, dscale)
+  m.def("adaln_modulate_backward(Tensor grad, Tensor x, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)");
+  // out = x + gate[:,None] * y
+  m.def("gated_residual(Tensor x, Tensor gate, Tensor y) -> Tensor");
+  // -> (dgate, dy); dx is grad itself
+  m.def("gated_residual_backward(Tensor grad, Tensor gate, Tensor y) -> (Tensor, Tensor)");
+  // -> (h, out, mean, rstd): h = x + gate[:,None] * y, out = adaln_modulate(h, shift, scale, eps)
+  m.def("residual_adaln_modulate(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  // -> (dx, dgate, dy, dshift, dscale); grad_h may be None (h unused)
+  m.def("residual_adaln_modulate_backward(Tensor? grad_h, Tensor grad_out, Tensor h, Tensor y, Tensor gate, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -33,7 +33,7 @@ def check_same(what: str, **tensors: torch.Tensor | None) -> None:
     seen = {name: getattr(t, what) for name, t in tensors.items() if t is not None}
     if len(set(seen.values())) > 1:
         listing = ", ".join(f"{name} on {v}" if what == "device" else f"{name} is {v}" for name, v in seen.items())
-        raise ValueError(f"tensors must share one {what}: {listing}")
+        raise (TypeError if what == "dtype" else ValueError)(f"tensors must share one {what}: {listing}")
 
 
 def _values_checkable(ids: torch.Tensor) -> bool:
@@ -66,3 +66,9 @@ def check_ids(
                 b, k = dup[0].tolist()
                 raise ValueError(f"{name} row {b} holds position {int(s[b, k])} twice; kept positions must be distinct")
     return ids.long()
+
+
+def check_shape(name: str, t: torch.Tensor, shape: tuple, layout: str) -> None:
+    """t has exactly `shape` (described as `layout`, e.g. "(B, D)")."""
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {layout} = {tuple(shape)}, got {tuple(t.shape)}")

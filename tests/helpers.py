@@ -75,3 +75,32 @@ def forward_and_grads(fn, inputs: list, wrt: list[int], grad_out: torch.Tensor):
 
 def as_float64(inputs: list) -> list:
     return [t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs]
+
+
+def assert_close_to_ref(actual: torch.Tensor, ref: torch.Tensor, eager: torch.Tensor, name: str = "result") -> None:
+    """The low-precision criterion: max|actual - ref| <= 2 * max|eager - ref| + atol(dtype).
+
+    ref is the exact function (fp64, from the same rounded inputs); eager is plain PyTorch evaluated in
+    actual's dtype, so the bound adapts to the rounding that dtype makes unavoidable."""
+    assert actual.shape == ref.shape and actual.dtype == eager.dtype, (actual.shape, ref.shape, actual.dtype)
+    if ref.numel() == 0:
+        return
+    err = (actual.double() - ref.double()).abs().max().item()
+    err_eager = (eager.double() - ref.double()).abs().max().item()
+    bound = 2 * err_eager + TOL[actual.dtype]["atol"]
+    assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g} (eager {actual.dtype} error {err_eager:.3g})"
+
+
+MOD_LAYOUTS = ("chunk", "transposed", "contiguous")
+
+
+def modulation(B: int, D: int, k: int, dtype, device, layout: str = "chunk") -> list[torch.Tensor]:
+    """k (B,D) adaLN modulation tensors (shift/scale/gate), laid out as in DiT/MDT ("chunk": views of
+    adaLN_modulation(c).chunk(6, dim=1), row stride 6D), column-major ("transposed": strides (1, B)) or
+    contiguous. Values ~ N(0, 0.5^2)."""
+    if layout == "chunk":
+        base = 0.5 * torch.randn(B, 6 * D, dtype=dtype, device=device)
+        return list(base.split(D, dim=1)[:k])
+    if layout == "transposed":
+        return [(0.5 * torch.randn(D, B, dtype=dtype, device=device)).t() for _ in range(k)]
+    return [0.5 * torch.randn(B, D, dtype=dtype, device=device) for _ in range(k)]

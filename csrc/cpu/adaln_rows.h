@@ -1,0 +1,165 @@
+// Row helpers shared by the adaLN CPU kernels (adaln_modulate, gated_residual, residual_adaln_modulate).
+//
+// All math runs in acc_t (float for fp32/fp16/bf16, double for fp64) on contiguous rows of D elements:
+// fp32/fp64 rows are used in place, fp16/bf16 rows are converted into a per-thread buffer first, so the
+// inner loops are plain arrays the compiler vectorizes (-O3 -march=native).
+//
+// shift/scale/gate are (B,D) tensors that are usually strided views (adaLN_modulation(c).chunk(6, dim=1),
+// row stride 6D). They are read through their strides, one sample row at a time, into a per-thread
+// acc_t buffer; nothing is copied to a contiguous (B,D) tensor.
+//
+// Per-sample sums over tokens (dshift, dscale, dgate) are accumulated per (sample, chunk of kTokenChunk
+// tokens) into an acc_t partial buffer and the chunks are then added in chunk order: the result does
+// not depend on the number of threads.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "mdt_checks.h"
+
+namespace mdt {
+namespace adaln {
+
+constexpr int64_t kTokenChunk = 32;
+
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+inline at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The row as acc_t: the row itself when T is acc_t, else converted into buf.
+template <typename T>
+inline const acc_t<T>* load_row(const T* src, int64_t n, acc_t<T>* buf) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return src;
+  } else {
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc_t<T>>(src[i]);
+    return buf;
+  }
+}
+
+// Where to compute a row that is stored as T: the destination itself when T is acc_t, else buf
+// (then store_row converts it).
+template <typename T>
+inline acc_t<T>* out_row(T* dst, acc_t<T>* buf) {
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return dst;
+  } else {
+    return buf;
+  }
+}
+
+template <typename T>
+inline void store_row(T* dst, const acc_t<T>* buf, int64_t n) {
+  if constexpr (!std::is_same_v<T, acc_t<T>>) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(buf[i]);
+  }
+}
+
+// A (B,D) modulation tensor read through its strides.
+template <typename T>
+struct ModRows {
+  const T* base;
+  int64_t stride_b, stride_d, D;
+  explicit ModRows(const at::Tensor& t)
+      : base(t.const_data_ptr<T>()), stride_b(t.stride(0)), stride_d(t.stride(1)), D(t.size(1)) {}
+  // out[d] = add + t[b, d]
+  void load(int64_t b, acc_t<T> add, acc_t<T>* out) const {
+    const T* row = base + b * stride_b;
+    if (stride_d == 1) {
+      for (int64_t d = 0; d < D; ++d) out[d] = add + static_cast<acc_t<T>>(row[d]);
+    } else {
+      for (int64_t d = 0; d < D; ++d) out[d] = add + static_cast<acc_t<T>>(row[d * stride_d]);
+    }
+  }
+};
+
+// Mean and 1/sqrt(var + eps) of a row, two passes over the (cached) row.
+template <typename A>
+inline void row_moments(const A* __restrict__ x, int64_t D, double eps, A& mean, A& rstd) {
+  if (D == 0) {
+    mean = A(0);
+    rstd = A(1) / std::sqrt(static_cast<A>(eps));
+    return;
+  }
+  A s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t d = 0; d < D; ++d) s += x[d];
+  const A m = s / static_cast<A>(D);
+  A v = 0;
+#pragma omp simd reduction(+ : v)
+  for (int64_t d = 0; d < D; ++d) {
+    const A c = x[d] - m;
+    v += c * c;
+  }
+  mean = m;
+  rstd = A(1) / std::sqrt(v / static_cast<A>(D) + static_cast<A>(eps));
+}
+
+// out[b, d] = sum over chunks c (in order) of partial[b, c, d], stored as T. partial is (B, C, D).
+template <typename T>
+void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, T* out) {
+  using A = acc_t<T>;
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const A* p = partial + b * C * D;
+      T* o = out + b * D;
+      if (C == 0) {
+        for (int64_t d = 0; d < D; ++d) o[d] = T(0);
+        continue;
+      }
+      if constexpr (std::is_same_v<T, A>) {
+        std::copy(p, p + D, o);
+        for (int64_t c = 1; c < C; ++c) {
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) o[d] += p[c * D + d];
+        }
+      } else {
+        for (int64_t d = 0; d < D; ++d) {
+          A s = p[d];
+          for (int64_t c = 1; c < C; ++c) s += p[c * D + d];
+          o[d] = static_cast<T>(s);
+        }
+      }
+    }
+  });
+}
+
+// Checks for x (B,N,D) and a (B,D) modulation tensor (shift, scale or gate).
+inline void check_tokens(const at::Tensor& x, const char* name) {
+  TORCH_CHECK_VALUE(x.dim() == 3, name, " must be 3-D (B, N, D), got shape ", x.sizes());
+  MDT_CHECK_FLOAT(x);
+}
+
+inline void check_mod(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(2), name,
+                    " must have shape (B, D) = (", x.size(0), ", ", x.size(2), "), got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
+}
+
+inline void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " must have the shape of x ", x.sizes(), ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
+}
+
+// Per-row statistics saved by the forward: (B,N) in acc_t.
+inline void check_stats(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(1), name,
+                    " must have shape (B, N) = (", x.size(0), ", ", x.size(1), "), got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == acc_dtype(x), name, " must be ", acc_dtype(x), ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
+}
+
+inline int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(D, 1)); }
+
+}  // namespace adaln
+}  // namespace mdt
