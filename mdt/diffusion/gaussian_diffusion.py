@@ -217,16 +217,18 @@ class GaussianDiffusion:
     def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, model_kwargs=None, device=None,
                       progress=False):
         """Ancestral (DDPM) sampling over every step of this diffusion; returns x_0 samples of ``shape``."""
-        *_, last = self.sample_loop_progressive(model, shape, noise, clip_denoised, model_kwargs, device,
-                                                progress=progress)
-        return last["sample"]
+        for out in self.sample_loop_progressive(model, shape, noise, clip_denoised, model_kwargs, device,
+                                                progress=progress):
+            final = out
+        return final["sample"]
 
     def ddim_sample_loop(self, model, shape, noise=None, clip_denoised=True, model_kwargs=None, device=None,
                          progress=False, eta=0.0):
         """DDIM sampling over every step of this diffusion (respace it for fewer steps)."""
-        *_, last = self.sample_loop_progressive(model, shape, noise, clip_denoised, model_kwargs, device,
-                                                ddim=True, eta=eta, progress=progress)
-        return last["sample"]
+        for out in self.sample_loop_progressive(model, shape, noise, clip_denoised, model_kwargs, device,
+                                                ddim=True, eta=eta, progress=progress):
+            final = out
+        return final["sample"]
 
     ######################################################################
     # Losses
