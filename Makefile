@@ -31,7 +31,7 @@ bench-micro: build
 	$(VPY) -m pytest benchmarks/micro -q --benchmark-only
 
 lint: venv
-	$(VPY) -m ruff check mdt_kernels tests benchmarks
+	$(VPY) -m ruff check mdt_kernels mdt tests benchmarks
 
 clean:
 	rm -rf build *.egg-info mdt_kernels/*.so

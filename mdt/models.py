@@ -160,7 +160,8 @@ class TimestepEmbedder(nn.Module):
         return embedding
 
     def forward(self, t):
-        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))  # (B, D)
+        t_freq = self.timestep_embedding(t, self.frequency_embedding_size)  # (B, 256), float32
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))  # (B, D)
 
 
 class LabelEmbedder(nn.Module):
