@@ -293,12 +293,13 @@ class _DiffusionTransformer(nn.Module):
                 module.backend = backend
         return self
 
-    def forward_with_cfg(self, x, t, y, cfg_scale=None, diffusion_steps=1000, scale_pow=0.0,
+    def forward_with_cfg(self, x, t, y, cfg_scale=None, diffusion_steps=1000, scale_pow=None,
                          guided_channels=CFG_LEGACY_CHANNELS):
         """Classifier-free guidance on a batch [cond half; uncond half] with the same noise in both halves.
 
         y holds the class labels of the first half and the null class (num_classes) in the second. The guidance
-        scale follows MDT's power-cosine schedule (``cfg_schedule``; scale_pow=0 gives DiT's constant scale).
+        scale follows MDT's power-cosine schedule (``cfg_schedule``); scale_pow defaults to the model's
+        ``cfg_scale_pow`` (MDTv2: 4, as MDT samples; DiT: 0, a constant scale).
         Guidance applies to the first ``guided_channels`` eps channels: 3 reproduces DiT/MDT exactly (their legacy
         quirk), None guides all of them; the other channels are each half's raw output.
         """
@@ -309,6 +310,7 @@ class _DiffusionTransformer(nn.Module):
         n = self.in_channels if guided_channels is None else guided_channels
         eps, rest = model_out[:, :n], model_out[:, n:]
         cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+        scale_pow = self.cfg_scale_pow if scale_pow is None else scale_pow
         scale = cfg_schedule(t, cfg_scale, diffusion_steps, scale_pow)[: len(x) // 2].view(-1, 1, 1, 1)
         half_eps = uncond_eps + scale * (cond_eps - uncond_eps)
         return torch.cat([torch.cat([half_eps, half_eps], dim=0), rest], dim=1)
@@ -316,6 +318,8 @@ class _DiffusionTransformer(nn.Module):
 
 class MDTv2(_DiffusionTransformer):
     """Masked Diffusion Transformer v2: U-Net-skip encoder, side-interpolater, decoder with dense input skips."""
+
+    cfg_scale_pow = 4.0  # MDT's default guidance schedule (scripts/image_sample.py)
 
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
                  mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True, mask_ratio=None,
@@ -399,15 +403,11 @@ class MDTv2(_DiffusionTransformer):
         x = self.final_layer(x, c)  # (B, N, p * p * C_out)
         return self.unpatchify(x)  # (B, C_out, H, W)
 
-    def forward_with_cfg(self, x, t, y, cfg_scale=None, diffusion_steps=1000, scale_pow=4.0,
-                         guided_channels=CFG_LEGACY_CHANNELS):
-        return super().forward_with_cfg(x, t, y, cfg_scale, diffusion_steps, scale_pow, guided_channels)
-
-    forward_with_cfg.__doc__ = _DiffusionTransformer.forward_with_cfg.__doc__
-
 
 class DiT(_DiffusionTransformer):
     """Diffusion Transformer baseline: adaLN-Zero blocks, frozen sin-cos position embedding, no masking."""
+
+    cfg_scale_pow = 0.0  # DiT guides with a constant scale
 
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
                  mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True):

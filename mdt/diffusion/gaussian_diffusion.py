@@ -76,6 +76,7 @@ class GaussianDiffusion:
         self.alphas_cumprod = torch.cumprod(alphas, dim=0)
         self.alphas_cumprod_prev = torch.cat([betas.new_ones(1), self.alphas_cumprod[:-1]])
         # q(x_t | x_0)
+        self.one_minus_alphas_cumprod = 1.0 - self.alphas_cumprod
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
         self.log_one_minus_alphas_cumprod = torch.log(1.0 - self.alphas_cumprod)
@@ -115,7 +116,7 @@ class GaussianDiffusion:
     def q_mean_variance(self, x_start, t):
         """Mean, variance and log-variance of q(x_t | x_0)."""
         mean = self._extract("sqrt_alphas_cumprod", t, x_start) * x_start
-        variance = self._extract("alphas_cumprod", t, x_start).neg().add(1.0).expand_as(x_start)
+        variance = self._extract("one_minus_alphas_cumprod", t, x_start).expand_as(x_start)
         log_variance = self._extract("log_one_minus_alphas_cumprod", t, x_start).expand_as(x_start)
         return mean, variance, log_variance
 

@@ -261,6 +261,8 @@ def test_forward_with_cfg(guided_channels):
     torch.testing.assert_close(out[:B, n:], cond[:, n:], atol=1e-5, rtol=1e-5)  # raw output of each half
     torch.testing.assert_close(out[B:, n:], uncond[:, n:], atol=1e-5, rtol=1e-5)
     assert torch.equal(model.forward_with_cfg(x, t, labels), model(x, t, labels))  # no scale: plain forward
+    default = model.forward_with_cfg(x, t, labels, cfg_scale=w, guided_channels=guided_channels)
+    assert torch.equal(default, out)  # MDTv2 samples with scale_pow 4 unless told otherwise
 
 
 def test_dit_forward_with_cfg_is_constant_scale():
