@@ -19,6 +19,9 @@ TOL = {
     torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
 }
 
+# Hypothesis profiles: few examples, no deadline (first calls compile or warm caches).
+settings.register_profile("kernels", max_examples=25, deadline=None, derandomize=True)
+settings.register_profile("interpreted", max_examples=8, deadline=None, derandomize=True)
 
 
 def backend_device_pairs(backends=FUSED) -> list:

@@ -147,8 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_backward_cpu(const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "adaln_modulate_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad.contiguous(), x, scale, mean.contiguous(), rstd.contiguous(), dx, partial);
     const auto* part = partial.const_data_ptr<acc_t<scalar_t>>();
-    adaln::reduce_chunks(part, B, C, D, dshift.data_ptr<scalar_t>());
-    adaln::reduce_chunks(part + B * C * D, B, C, D, dscale.data_ptr<scalar_t>());
+    adaln::reduce_chunks(part, B, C, D, {dshift.data_ptr<scalar_t>(), dscale.data_ptr<scalar_t>()});
   });
   return {dx, dshift, dscale};
 }

@@ -18,9 +18,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <type_traits>
+#include <vector>
 
-#include "mdt_checks.h"
+#include "adaln_checks.h"
 
 namespace mdt {
 namespace adaln {
@@ -29,8 +31,6 @@ constexpr int64_t kTokenChunk = 32;
 
 template <typename T>
 using acc_t = at::opmath_type<T>;
-
-inline at::ScalarType acc_dtype(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The row as acc_t: the row itself when T is acc_t, else converted into buf.
 template <typename T>
@@ -101,19 +101,22 @@ inline void row_moments(const A* __restrict__ x, int64_t D, double eps, A& mean,
   rstd = A(1) / std::sqrt(v / static_cast<A>(D) + static_cast<A>(eps));
 }
 
-// out[b, d] = sum over chunks c (in order) of partial[b, c, d], stored as T. partial is (B, C, D).
+// outs[p][b, d] = sum over chunks c (in order) of partial[p, b, c, d], stored as T, for the P planes
+// (dshift, dscale, dgate, ...) of a (P, B, C, D) partial buffer. One parallel region for all planes.
 template <typename T>
-void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, T* out) {
+void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, std::initializer_list<T*> outs) {
   using A = acc_t<T>;
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const A* p = partial + b * C * D;
-      T* o = out + b * D;
+  const std::vector<T*> dst(outs);
+  const int64_t items = static_cast<int64_t>(dst.size()) * B;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(C * D, 1));
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t plane = item / B, b = item % B;
+      const A* p = partial + item * C * D;  // (plane * B + b) * C * D
+      T* o = dst[plane] + b * D;
       if (C == 0) {
-        for (int64_t d = 0; d < D; ++d) o[d] = T(0);
-        continue;
-      }
-      if constexpr (std::is_same_v<T, A>) {
+        std::fill(o, o + D, T(0));
+      } else if constexpr (std::is_same_v<T, A>) {
         std::copy(p, p + D, o);
         for (int64_t c = 1; c < C; ++c) {
 #pragma omp simd
@@ -128,35 +131,6 @@ void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, T* 
       }
     }
   });
-}
-
-// Checks for x (B,N,D) and a (B,D) modulation tensor (shift, scale or gate).
-inline void check_tokens(const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(x.dim() == 3, name, " must be 3-D (B, N, D), got shape ", x.sizes());
-  MDT_CHECK_FLOAT(x);
-}
-
-inline void check_mod(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(2), name,
-                    " must have shape (B, D) = (", x.size(0), ", ", x.size(2), "), got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
-}
-
-inline void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " must have the shape of x ", x.sizes(), ", got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(), " but x has ",
-                   x.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
-}
-
-// Per-row statistics saved by the forward: (B,N) in acc_t.
-inline void check_stats(const at::Tensor& t, const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(1), name,
-                    " must have shape (B, N) = (", x.size(0), ", ", x.size(1), "), got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == acc_dtype(x), name, " must be ", acc_dtype(x), ", got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
 }
 
 inline int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(D, 1)); }

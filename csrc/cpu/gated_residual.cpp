@@ -106,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward_cpu(const at::Tensor&
   auto partial = at::empty({B, C, D}, y.options().dtype(adaln::acc_dtype(y)));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "gated_residual_backward_cpu", [&] {
     backward_kernel<scalar_t>(grad.contiguous(), gate, y, dy, partial);
-    adaln::reduce_chunks(partial.const_data_ptr<acc_t<scalar_t>>(), B, C, D, dgate.data_ptr<scalar_t>());
+    adaln::reduce_chunks(partial.const_data_ptr<acc_t<scalar_t>>(), B, C, D, {dgate.data_ptr<scalar_t>()});
   });
   return {dgate, dy};
 }

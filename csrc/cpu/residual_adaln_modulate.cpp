@@ -200,10 +200,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_
     backward_kernel<scalar_t>(gh, grad_out.contiguous(), h, y.contiguous(), gate, scale, mean.contiguous(),
                               rstd.contiguous(), dx, dy, partial);
     const auto* part = partial.const_data_ptr<acc_t<scalar_t>>();
-    const int64_t plane = B * C * D;
-    adaln::reduce_chunks(part, B, C, D, dshift.data_ptr<scalar_t>());
-    adaln::reduce_chunks(part + plane, B, C, D, dscale.data_ptr<scalar_t>());
-    adaln::reduce_chunks(part + 2 * plane, B, C, D, dgate.data_ptr<scalar_t>());
+    adaln::reduce_chunks(part, B, C, D,
+                         {dshift.data_ptr<scalar_t>(), dscale.data_ptr<scalar_t>(), dgate.data_ptr<scalar_t>()});
   });
   return {dx, dgate, dy, dshift, dscale};
 }

@@ -77,3 +77,59 @@ cudaError_t dispatch_dtype(DType dtype, F&& f) {
 }
 
 }  // namespace mdt
+
+namespace mdt {
+
+// Tokens per block for per-sample sums over tokens (two-stage, deterministic): enough blocks to fill a
+// GPU, few enough chunk partials. Depends only on the shape (same policy as the Triton kernels).
+__host__ __device__ inline int64_t token_chunk(int64_t B, int64_t N) {
+  int64_t c = cdiv(B * N, 512);
+  c = c < 4 ? 4 : (c > 64 ? 64 : c);
+  c = c < N ? c : N;
+  return c < 1 ? 1 : c;
+}
+
+// Up to three output pointers passed by value to a kernel.
+template <typename T>
+struct Ptrs3 {
+  T* p[3];
+};
+
+#if defined(__CUDACC__)  // device code and launches: kernel files only (bindings include this with a host compiler)
+
+// Sum over the 32 lanes of a warp (butterfly: every lane gets the same, order-fixed result).
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Second stage of a deterministic two-stage reduction: out[p][r][d] = sum over c = 0..C-1, in order, of
+// partial[p][r][c][d], for P <= 3 planes of R rows (e.g. samples) of D columns. One thread per output.
+template <typename A, typename T>
+__global__ void sum_chunks_kernel(const A* __restrict__ partial, Ptrs3<T> outs, int64_t P, int64_t R, int64_t C,
+                                  int64_t D) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= P * R * D) return;
+  const int64_t p = i / (R * D), rd = i % (R * D), r = rd / D, d = rd % D;
+  const A* src = partial + (p * R + r) * C * D + d;
+  A s = A(0);
+  for (int64_t c = 0; c < C; ++c) s += src[c * D];
+  outs.p[p][rd] = from_acc<T>(s);
+}
+
+template <typename A, typename T>
+cudaError_t launch_sum_chunks(const A* partial, Ptrs3<T> outs, int64_t P, int64_t R, int64_t C, int64_t D,
+                              cudaStream_t stream) {
+  const int64_t total = P * R * D;
+  if (total == 0) return cudaSuccess;
+  constexpr int kThreads = 256;
+  sum_chunks_kernel<A, T><<<static_cast<unsigned>(cdiv(total, kThreads)), kThreads, 0, stream>>>(partial, outs, P, R,
+                                                                                                  C, D);
+  return cudaGetLastError();
+}
+
+#endif  // __CUDACC__
+
+}  // namespace mdt

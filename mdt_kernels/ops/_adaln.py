@@ -27,6 +27,11 @@ def row_block(D: int) -> int:
     return block_size(D, cap=MAX_BLOCK_D)
 
 
+def num_warps(block: int) -> int:
+    """Warps for a program holding a few [block] fp32 tensors: about 8 to 16 elements per thread each."""
+    return 4 if block <= 1024 else 8 if block <= 2048 else 16
+
+
 def token_chunk(B: int, N: int) -> int:
     """Tokens per backward program (GPU): enough programs to fill the device, few enough partial rows.
     Depends only on the shape, so results are reproducible."""

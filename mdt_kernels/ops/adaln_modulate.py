@@ -131,9 +131,10 @@ def adaln_modulate_triton(
     mean = x.new_empty((B, N), dtype=_adaln.acc_dtype(x.dtype))
     rstd = torch.empty_like(mean)
     if B * N > 0:
+        BLOCK_D = _adaln.row_block(D)
         _adaln_modulate_fwd_kernel[(B * N,)](
             x, shift, scale, out, mean, rstd, N, D, *shift.stride(), *scale.stride(), eps,
-            BLOCK_D=_adaln.row_block(D), ACC=_adaln.tl_acc(x.dtype),
+            BLOCK_D=BLOCK_D, ACC=_adaln.tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
         )
     return out, mean, rstd
 
@@ -152,7 +153,7 @@ def adaln_modulate_backward_triton(
         BLOCK_D = _adaln.row_block(D)
         _adaln_modulate_bwd_kernel[(B * C,)](
             grad, x, scale, mean, rstd, dx, partial, N, D, C, chunk, *scale.stride(), B * C * D,
-            BLOCK_D=BLOCK_D, ONE_BLOCK=D <= BLOCK_D, ACC=_adaln.tl_acc(x.dtype),
+            BLOCK_D=BLOCK_D, ONE_BLOCK=D <= BLOCK_D, ACC=_adaln.tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
         )
     # chunk partials reduced by torch.sum: a fixed order, no atomics
     return dx, partial[0].sum(1).to(x.dtype), partial[1].sum(1).to(x.dtype)

@@ -156,9 +156,10 @@ def residual_adaln_modulate_triton(
     mean = x.new_empty((B, N), dtype=_adaln.acc_dtype(x.dtype))
     rstd = torch.empty_like(mean)
     if B * N > 0:
+        BLOCK_D = _adaln.row_block(D)
         _residual_adaln_fwd_kernel[(B * N,)](
             x, gate, y, shift, scale, h, out, mean, rstd, N, D, *gate.stride(), *shift.stride(), *scale.stride(),
-            eps, BLOCK_D=_adaln.row_block(D), ACC=_adaln.tl_acc(x.dtype),
+            eps, BLOCK_D=BLOCK_D, ACC=_adaln.tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
         )
     return h, out, mean, rstd
 
@@ -182,6 +183,7 @@ def residual_adaln_modulate_backward_triton(
             grad_out if grad_h is None else grad_h, grad_out, h, y, gate, scale, mean, rstd, dx, dy, partial,
             N, D, C, chunk, *gate.stride(), *scale.stride(), B * C * D,
             BLOCK_D=BLOCK_D, ONE_BLOCK=D <= BLOCK_D, HAS_GH=grad_h is not None, ACC=_adaln.tl_acc(h.dtype),
+            num_warps=_adaln.num_warps(BLOCK_D),
         )
     dshift, dscale, dgate = (partial[i].sum(1).to(h.dtype) for i in range(3))  # fixed-order chunk reduction
     return dx, dgate, dy, dshift, dscale

@@ -1,0 +1,148 @@
+// adaln_modulate CUDA kernels. Forward: one warp per row (B*N rows of D), mean and variance by warp
+// shuffles (two passes; the second re-reads the row from L1/L2), then out = (x-mean)*rstd*(1+scale)+shift
+// with shift/scale read through their strides. Backward: one warp per (sample, chunk of tokens); per row
+// the warp sums g*a and g*a*xhat for dx, and every lane accumulates the dshift/dscale partials of its own
+// columns (lane-private, so no synchronisation), in shared memory when they fit, else directly in the
+// chunk's slot of the workspace. A second kernel adds the chunk partials in order: deterministic.
+#include "adaln_modulate_kernels.h"
+
+namespace mdt {
+namespace {
+
+constexpr int kMaxWarps = 4;
+constexpr size_t kSmemLimit = 48 * 1024;  // dynamic shared memory without an opt-in
+
+template <typename T, typename A = typename Acc<T>::type>
+__global__ void __launch_bounds__(32 * kMaxWarps)
+    adaln_modulate_fwd_kernel(const T* __restrict__ x, const T* __restrict__ shift, const T* __restrict__ scale,
+                              T* __restrict__ out, A* __restrict__ mean, A* __restrict__ rstd, int64_t rows, int64_t N,
+                              int64_t D, int64_t sh_sb, int64_t sh_sd, int64_t sc_sb, int64_t sc_sd, double eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int64_t b = row / N;
+  const T* xr = x + row * D;
+  A s = A(0);
+  for (int64_t d = lane; d < D; d += 32) s += to_acc(xr[d]);
+  const A m = warp_sum(s) / static_cast<A>(D);
+  A v = A(0);
+  for (int64_t d = lane; d < D; d += 32) {
+    const A c = to_acc(xr[d]) - m;
+    v += c * c;
+  }
+  const A rs = A(1) / sqrt(warp_sum(v) / static_cast<A>(D) + static_cast<A>(eps));
+  const T* shr = shift + b * sh_sb;
+  const T* scr = scale + b * sc_sb;
+  T* orow = out + row * D;
+  for (int64_t d = lane; d < D; d += 32) {
+    const A a = A(1) + to_acc(scr[d * sc_sd]);
+    orow[d] = from_acc<T>((to_acc(xr[d]) - m) * rs * a + to_acc(shr[d * sh_sd]));
+  }
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = rs;
+  }
+}
+
+// xhat = (x - mean) * rstd, a = 1 + scale, g = dout:
+//   dshift = sum_n g, dscale = sum_n g*xhat, dx = rstd * (g*a - mean_d(g*a) - xhat * mean_d(g*a*xhat)).
+template <typename T, typename A = typename Acc<T>::type>
+__global__ void __launch_bounds__(32 * kMaxWarps)
+    adaln_modulate_bwd_kernel(const T* __restrict__ g, const T* __restrict__ x, const T* __restrict__ scale,
+                              const A* __restrict__ mean, const A* __restrict__ rstd, T* __restrict__ dx,
+                              A* __restrict__ partial, int64_t B, int64_t N, int64_t D, int64_t C, int64_t chunk,
+                              int64_t sc_sb, int64_t sc_sd, bool smem_acc) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + warp;  // b * C + chunk
+  if (item >= B * C) return;
+  const int64_t b = item / C, n0 = (item % C) * chunk, n1 = n0 + chunk < N ? n0 + chunk : N;
+  const int64_t plane = B * C * D;
+  A* ps = smem_acc ? reinterpret_cast<A*>(smem_raw) + warp * 2 * D : partial + item * D;
+  A* pc = smem_acc ? ps + D : partial + plane + item * D;
+  for (int64_t d = lane; d < D; d += 32) ps[d] = pc[d] = A(0);
+  const T* scr = scale + b * sc_sb;
+  const A inv_d = A(1) / static_cast<A>(D);
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t row = b * N + n;
+    const A m = mean[row], rs = rstd[row];
+    const T* xr = x + row * D;
+    const T* gr = g + row * D;
+    A s1 = A(0), s2 = A(0);
+    for (int64_t d = lane; d < D; d += 32) {
+      const A xh = (to_acc(xr[d]) - m) * rs;
+      const A gv = to_acc(gr[d]);
+      const A ga = gv * (A(1) + to_acc(scr[d * sc_sd]));
+      s1 += ga;
+      s2 += ga * xh;
+      ps[d] += gv;
+      pc[d] += gv * xh;
+    }
+    const A c1 = warp_sum(s1) * inv_d, c2 = warp_sum(s2) * inv_d;
+    const A rsd = D > 1 ? rs : A(0);  // one feature: d/dx is exactly 0
+    T* dxr = dx + row * D;
+    for (int64_t d = lane; d < D; d += 32) {
+      const A xh = (to_acc(xr[d]) - m) * rs;
+      const A ga = to_acc(gr[d]) * (A(1) + to_acc(scr[d * sc_sd]));
+      dxr[d] = from_acc<T>(rsd * (ga - c1 - xh * c2));
+    }
+  }
+  if (smem_acc) {
+    for (int64_t d = lane; d < D; d += 32) {
+      partial[item * D + d] = ps[d];
+      partial[plane + item * D + d] = pc[d];
+    }
+  }
+}
+
+int64_t num_chunks(int64_t B, int64_t N) { return N > 0 ? cdiv(N, token_chunk(B, N)) : 0; }
+
+}  // namespace
+
+cudaError_t launch_adaln_modulate_fwd(DType dtype, const void* x, const void* shift, const void* scale, void* out,
+                                      void* mean, void* rstd, int64_t B, int64_t N, int64_t D, int64_t shift_sb,
+                                      int64_t shift_sd, int64_t scale_sb, int64_t scale_sd, double eps,
+                                      cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    const int64_t rows = B * N;
+    if (rows == 0) return cudaSuccess;
+    adaln_modulate_fwd_kernel<T><<<static_cast<unsigned>(cdiv(rows, kMaxWarps)), 32 * kMaxWarps, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const T*>(shift), static_cast<const T*>(scale), static_cast<T*>(out),
+        static_cast<A*>(mean), static_cast<A*>(rstd), rows, N, D, shift_sb, shift_sd, scale_sb, scale_sd, eps);
+    return cudaGetLastError();
+  });
+}
+
+int64_t adaln_modulate_bwd_workspace(int64_t B, int64_t N, int64_t D) { return 2 * B * num_chunks(B, N) * D; }
+
+cudaError_t launch_adaln_modulate_bwd(DType dtype, const void* grad, const void* x, const void* scale,
+                                      const void* mean, const void* rstd, void* dx, void* dshift, void* dscale,
+                                      void* workspace, int64_t B, int64_t N, int64_t D, int64_t scale_sb,
+                                      int64_t scale_sd, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    const int64_t chunk = token_chunk(B, N), C = num_chunks(B, N);
+    A* part = static_cast<A*>(workspace);
+    if (B * C * D > 0) {
+      // Warps per block: as many (up to 4) as have room for their 2*D partials in shared memory.
+      const size_t per_warp = 2 * static_cast<size_t>(D) * sizeof(A);
+      const int fit = static_cast<int>(kSmemLimit / per_warp);
+      const bool smem_acc = fit >= 1;
+      const int warps = smem_acc ? (fit < kMaxWarps ? fit : kMaxWarps) : kMaxWarps;
+      adaln_modulate_bwd_kernel<T><<<static_cast<unsigned>(cdiv(B * C, warps)), 32 * warps,
+                                     smem_acc ? warps * per_warp : 0, stream>>>(
+          static_cast<const T*>(grad), static_cast<const T*>(x), static_cast<const T*>(scale),
+          static_cast<const A*>(mean), static_cast<const A*>(rstd), static_cast<T*>(dx), part, B, N, D, C, chunk,
+          scale_sb, scale_sd, smem_acc);
+      const cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess) return err;
+    }
+    return launch_sum_chunks<A, T>(part, Ptrs3<T>{{static_cast<T*>(dshift), static_cast<T*>(dscale), nullptr}}, 2, B,
+                                   C, D, stream);
+  });
+}
+
+}  // namespace mdt
