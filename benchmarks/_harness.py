@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch._functorch import config as functorch_config
 
 import mdt_kernels as mk
 
@@ -80,7 +81,10 @@ def timed_closure(fn: Callable, inputs: Sequence, grad_inputs: Sequence[torch.Te
 
         return run
     if mode == "bwd":
-        out = outputs(fn(*inputs))
+        # Timing the backward alone reuses one graph (retain_graph=True); a compiled backward would free
+        # ("donate") its saved buffers after the first call, so compile (first call, here) without donation.
+        with functorch_config.patch(donated_buffer=False):
+            out = outputs(fn(*inputs))
         return lambda: torch.autograd.grad(out, grad_inputs, grads, retain_graph=True)
     if mode == "fwd+bwd":
         return lambda: torch.autograd.grad(outputs(fn(*inputs)), grad_inputs, grads)

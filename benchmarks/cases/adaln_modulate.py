@@ -1,11 +1,8 @@
 """adaln_modulate rows: the baseline is eager PyTorch as DiT/MDT blocks write it, with shift/scale the
 strided views of adaLN_modulation(c).chunk(6, dim=1)."""
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
-from torch._functorch import config as functorch_config
 
 import mdt_kernels as mk
 from benchmarks._harness import SHAPES, Case, op_providers
@@ -15,12 +12,6 @@ from mdt_kernels.ops.adaln_modulate import adaln_modulate_ref
 def dit_baseline(x, shift, scale, eps=1e-6):
     # DiT: modulate(norm(x), shift, scale) with norm = LayerNorm(D, elementwise_affine=False, eps=1e-6)
     return F.layer_norm(x, (x.shape[-1],), eps=eps) * (1 + scale[:, None]) + shift[:, None]
-
-
-def compile_context(mode):
-    """torch.compile's backward frees ("donates") the buffers it saved, which forbids the retain_graph=True
-    the harness's "bwd" mode needs to time the backward alone: that mode compiles without donation."""
-    return functorch_config.patch(donated_buffer=False) if mode == "bwd" else contextlib.nullcontext()
 
 
 def cases(device, dtype, shapes, modes):
@@ -39,10 +30,9 @@ def cases(device, dtype, shapes, modes):
         nbytes["fwd+bwd"] = nbytes["fwd"] + nbytes["bwd"]
         label = f"{shape} B={B} N={N} D={D}"
         for mode in modes:
-            with compile_context(mode):
-                providers = op_providers(
-                    mk.adaln_modulate, adaln_modulate_ref, dit_baseline, (x, shift, scale), (x, shift, scale), g, mode,
-                    device,
-                )
+            providers = op_providers(
+                mk.adaln_modulate, adaln_modulate_ref, dit_baseline, (x, shift, scale), (x, shift, scale), g, mode,
+                device,
+            )
             out.append(Case("adaln_modulate", label, mode, nbytes[mode], providers))
     return out

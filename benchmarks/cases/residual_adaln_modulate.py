@@ -6,7 +6,6 @@ import torch
 
 import mdt_kernels as mk
 from benchmarks._harness import SHAPES, Case, op_providers
-from benchmarks.cases.adaln_modulate import compile_context
 from benchmarks.cases.adaln_modulate import dit_baseline as dit_modulate
 from mdt_kernels.ops.residual_adaln_modulate import residual_adaln_modulate_ref
 
@@ -34,10 +33,9 @@ def cases(device, dtype, shapes, modes):
         nbytes["fwd+bwd"] = nbytes["fwd"] + nbytes["bwd"]
         label = f"{shape} B={B} N={N} D={D}"
         for mode in modes:
-            with compile_context(mode):
-                providers = op_providers(
-                    mk.residual_adaln_modulate, residual_adaln_modulate_ref, dit_baseline, inputs, inputs, grads,
-                    mode, device,
-                )
+            providers = op_providers(
+                mk.residual_adaln_modulate, residual_adaln_modulate_ref, dit_baseline, inputs, inputs, grads,
+                mode, device,
+            )
             out.append(Case("residual_adaln_modulate", label, mode, nbytes[mode], providers))
     return out

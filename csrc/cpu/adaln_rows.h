@@ -28,7 +28,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "adaln_checks.h"
+#include "ops/adaln.h"
 
 namespace mdt {
 namespace adaln {

@@ -1,7 +1,7 @@
 // torch binding of the adaln_modulate CUDA kernels (built only against a CUDA torch).
 #include <torch/library.h>
 
-#include "adaln_checks.h"
+#include "ops/adaln.h"
 #include "adaln_modulate_kernels.h"
 #include "mdt_cuda_binding.h"
 

@@ -124,7 +124,6 @@ cudaError_t launch_sum_chunks(const A* partial, Ptrs3<T> outs, int64_t P, int64_
                               cudaStream_t stream) {
   const int64_t total = P * R * D;
   if (total == 0) return cudaSuccess;
-  constexpr int kThreads = 256;
   sum_chunks_kernel<A, T><<<static_cast<unsigned>(cdiv(total, kThreads)), kThreads, 0, stream>>>(partial, outs, P, R,
                                                                                                   C, D);
   return cudaGetLastError();

@@ -1,7 +1,7 @@
 // torch binding of the gated_residual CUDA kernels (built only against a CUDA torch).
 #include <torch/library.h>
 
-#include "adaln_checks.h"
+#include "ops/adaln.h"
 #include "gated_residual_kernels.h"
 #include "mdt_cuda_binding.h"
 

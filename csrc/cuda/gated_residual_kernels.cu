@@ -7,8 +7,6 @@
 namespace mdt {
 namespace {
 
-constexpr int kThreads = 256;
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     gated_residual_fwd_kernel(const T* __restrict__ x, const T* __restrict__ gate, const T* __restrict__ y,

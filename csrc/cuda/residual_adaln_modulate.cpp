@@ -3,7 +3,7 @@
 
 #include <optional>
 
-#include "adaln_checks.h"
+#include "ops/adaln.h"
 #include "mdt_cuda_binding.h"
 #include "residual_adaln_modulate_kernels.h"
 
