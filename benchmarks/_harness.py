@@ -25,6 +25,12 @@ SHAPES = {
 }
 MODES = ("fwd", "bwd", "fwd+bwd")
 
+# Timing the backward alone reuses one graph (retain_graph=True), which a compiled backward forbids when it
+# frees ("donates") its saved buffers. Dynamo reuses a function's compiled graph across modes, whatever the
+# setting was when it compiled, so donation is off for the whole profiling process. (Donation saves memory,
+# not time.)
+functorch_config.donated_buffer = False
+
 
 @dataclass
 class Case:
@@ -81,10 +87,7 @@ def timed_closure(fn: Callable, inputs: Sequence, grad_inputs: Sequence[torch.Te
 
         return run
     if mode == "bwd":
-        # Timing the backward alone reuses one graph (retain_graph=True); a compiled backward would free
-        # ("donate") its saved buffers after the first call, so compile (first call, here) without donation.
-        with functorch_config.patch(donated_buffer=False):
-            out = outputs(fn(*inputs))
+        out = outputs(fn(*inputs))
         return lambda: torch.autograd.grad(out, grad_inputs, grads, retain_graph=True)
     if mode == "fwd+bwd":
         return lambda: torch.autograd.grad(outputs(fn(*inputs)), grad_inputs, grads)
