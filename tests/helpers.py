@@ -104,3 +104,19 @@ def modulation(B: int, D: int, k: int, dtype, device, layout: str = "chunk") -> 
     if layout == "transposed":
         return [(0.5 * torch.randn(D, B, dtype=dtype, device=device)).t() for _ in range(k)]
     return [0.5 * torch.randn(B, D, dtype=dtype, device=device) for _ in range(k)]
+
+
+def assert_same_for_thread_counts(fn, counts=(1, 2, 3)) -> None:
+    """fn() gives bitwise-equal tensors (or tuples of them) under each torch thread count."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            out = fn()
+            results.append(out if isinstance(out, (tuple, list)) else (out,))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)

@@ -6,6 +6,7 @@ from helpers import (
     MOD_LAYOUTS,
     assert_close,
     assert_close_to_ref,
+    assert_same_for_thread_counts,
     backend_device_pairs,
     is_interpreted,
     modulation,
@@ -113,17 +114,7 @@ def test_cpu_large_call_streaming_stores():
 def test_cpu_backward_is_deterministic():
     # Per-sample sums use fixed token chunks reduced in order: bitwise equal for any thread count.
     inputs, g = make(3, 100, 40, torch.float32, "cpu")
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(run("cpu", inputs, g))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for a, b in zip(results[0], other, strict=True):
-            assert torch.equal(a, b)
+    assert_same_for_thread_counts(lambda: run("cpu", inputs, g))
 
 
 @pytest.mark.parametrize("backend,device", backend_device_pairs(("reference",) + ("cpu", "cuda", "triton")))

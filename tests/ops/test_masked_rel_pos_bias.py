@@ -4,6 +4,7 @@ from helpers import (
     DTYPES,
     as_float64,
     assert_close,
+    assert_same_for_thread_counts,
     backend_device_pairs,
     forward_and_grads,
     is_interpreted,
@@ -122,15 +123,9 @@ def test_cpu_backward_is_deterministic():
         pytest.skip("C++ extension not built")
     table, ids = make(16, 6, 9, 153, torch.float32, "cpu", unique=False)
     gy = torch.randn(9, 6, 153, 153)
-    runs = []
-    for threads in (1, 2, 1):
-        prev = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            runs.append(torch.ops.mdt_kernels.masked_rel_pos_bias_backward(gy, ids, 16, table.shape[0]))
-        finally:
-            torch.set_num_threads(prev)
-    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    assert_same_for_thread_counts(
+        lambda: torch.ops.mdt_kernels.masked_rel_pos_bias_backward(gy, ids, 16, table.shape[0]), counts=(1, 2, 1)
+    )
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
