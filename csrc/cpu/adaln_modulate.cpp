@@ -114,9 +114,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_cpu(const at::Tensor& x_in, const at::Tensor& shift,
                                                                   const at::Tensor& scale, double eps) {
-  adaln::check_tokens(x_in, "x");
-  adaln::check_mod(shift, x_in, "shift");
-  adaln::check_mod(scale, x_in, "scale");
+  adaln::check_adaln_modulate(x_in, shift, scale);
   TORCH_CHECK_VALUE(eps >= 0, "eps must be >= 0, got ", eps);
   const auto x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
@@ -134,11 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_backward_cpu(const
                                                                            const at::Tensor& scale,
                                                                            const at::Tensor& mean,
                                                                            const at::Tensor& rstd) {
-  adaln::check_tokens(x_in, "x");
-  adaln::check_like(grad, x_in, "grad");
-  adaln::check_mod(scale, x_in, "scale");
-  adaln::check_stats(mean, x_in, "mean");
-  adaln::check_stats(rstd, x_in, "rstd");
+  adaln::check_adaln_modulate_backward(grad, x_in, scale, mean, rstd);
   const auto x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
   const int64_t C = (N + adaln::kTokenChunk - 1) / adaln::kTokenChunk;

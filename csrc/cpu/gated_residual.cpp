@@ -84,9 +84,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& gate, const at::Tens
 }
 
 at::Tensor gated_residual_cpu(const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& y_in) {
-  adaln::check_tokens(x_in, "x");
-  adaln::check_mod(gate, x_in, "gate");
-  adaln::check_like(y_in, x_in, "y");
+  adaln::check_gated_residual(x_in, gate, y_in);
   const auto x = x_in.contiguous();
   auto out = at::empty(x.sizes(), x.options());
   if (out.numel() == 0) return out;
@@ -98,9 +96,7 @@ at::Tensor gated_residual_cpu(const at::Tensor& x_in, const at::Tensor& gate, co
 // -> (dgate, dy)
 std::tuple<at::Tensor, at::Tensor> gated_residual_backward_cpu(const at::Tensor& grad, const at::Tensor& gate,
                                                                const at::Tensor& y_in) {
-  adaln::check_tokens(y_in, "y");
-  adaln::check_like(grad, y_in, "grad");
-  adaln::check_mod(gate, y_in, "gate");
+  adaln::check_gated_residual_backward(grad, gate, y_in);
   const auto y = y_in.contiguous();
   const int64_t B = y.size(0), N = y.size(1), D = y.size(2);
   const int64_t C = (N + adaln::kTokenChunk - 1) / adaln::kTokenChunk;

@@ -152,11 +152,7 @@ void backward_kernel(const at::Tensor& gh, const at::Tensor& g, const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_adaln_modulate_cpu(
     const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& y, const at::Tensor& shift,
     const at::Tensor& scale, double eps) {
-  adaln::check_tokens(x_in, "x");
-  adaln::check_mod(gate, x_in, "gate");
-  adaln::check_like(y, x_in, "y");
-  adaln::check_mod(shift, x_in, "shift");
-  adaln::check_mod(scale, x_in, "scale");
+  adaln::check_residual_adaln_modulate(x_in, gate, y, shift, scale);
   TORCH_CHECK_VALUE(eps >= 0, "eps must be >= 0, got ", eps);
   const auto x = x_in.contiguous();
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2);
@@ -175,15 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_adaln_modula
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_adaln_modulate_backward_cpu(
     const std::optional<at::Tensor>& grad_h, const at::Tensor& grad_out, const at::Tensor& h_in, const at::Tensor& y,
     const at::Tensor& gate, const at::Tensor& scale, const at::Tensor& mean, const at::Tensor& rstd) {
-  adaln::check_tokens(h_in, "h");
-  adaln::check_like(grad_out, h_in, "grad_out");
-  adaln::check_like(y, h_in, "y");
-  adaln::check_mod(gate, h_in, "gate");
-  adaln::check_mod(scale, h_in, "scale");
-  adaln::check_stats(mean, h_in, "mean");
-  adaln::check_stats(rstd, h_in, "rstd");
+  adaln::check_residual_adaln_modulate_backward(grad_h, grad_out, h_in, y, gate, scale, mean, rstd);
   const bool has_gh = grad_h.has_value() && grad_h->defined();
-  if (has_gh) adaln::check_like(*grad_h, h_in, "grad_h");
   const auto h = h_in.contiguous();
   const int64_t B = h.size(0), N = h.size(1), D = h.size(2);
   const int64_t C = (N + adaln::kTokenChunk - 1) / adaln::kTokenChunk;

@@ -10,9 +10,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_cuda(const at::Tensor& x_in, const at::Tensor& shift,
                                                                    const at::Tensor& scale, double eps) {
-  adaln::check_tokens(x_in, "x");
-  adaln::check_mod(shift, x_in, "shift");
-  adaln::check_mod(scale, x_in, "scale");
+  adaln::check_adaln_modulate(x_in, shift, scale);
   TORCH_CHECK_VALUE(eps >= 0, "eps must be >= 0, got ", eps);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
@@ -33,11 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_backward_cuda(cons
                                                                             const at::Tensor& scale,
                                                                             const at::Tensor& mean,
                                                                             const at::Tensor& rstd) {
-  adaln::check_tokens(x_in, "x");
-  adaln::check_like(grad, x_in, "grad");
-  adaln::check_mod(scale, x_in, "scale");
-  adaln::check_stats(mean, x_in, "mean");
-  adaln::check_stats(rstd, x_in, "rstd");
+  adaln::check_adaln_modulate_backward(grad, x_in, scale, mean, rstd);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
   const auto g = grad.contiguous();

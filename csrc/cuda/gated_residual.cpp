@@ -9,9 +9,7 @@ namespace mdt {
 namespace {
 
 at::Tensor gated_residual_cuda(const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& y_in) {
-  adaln::check_tokens(x_in, "x");
-  adaln::check_mod(gate, x_in, "gate");
-  adaln::check_like(y_in, x_in, "y");
+  adaln::check_gated_residual(x_in, gate, y_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
   const auto y = y_in.contiguous();
@@ -26,9 +24,7 @@ at::Tensor gated_residual_cuda(const at::Tensor& x_in, const at::Tensor& gate, c
 // -> (dgate, dy)
 std::tuple<at::Tensor, at::Tensor> gated_residual_backward_cuda(const at::Tensor& grad, const at::Tensor& gate,
                                                                 const at::Tensor& y_in) {
-  adaln::check_tokens(y_in, "y");
-  adaln::check_like(grad, y_in, "grad");
-  adaln::check_mod(gate, y_in, "gate");
+  adaln::check_gated_residual_backward(grad, gate, y_in);
   const c10::cuda::CUDAGuard guard(y_in.device());
   const auto y = y_in.contiguous();
   const auto g = grad.contiguous();

@@ -13,11 +13,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_adaln_modulate_cuda(
     const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& y_in, const at::Tensor& shift,
     const at::Tensor& scale, double eps) {
-  adaln::check_tokens(x_in, "x");
-  adaln::check_mod(gate, x_in, "gate");
-  adaln::check_like(y_in, x_in, "y");
-  adaln::check_mod(shift, x_in, "shift");
-  adaln::check_mod(scale, x_in, "scale");
+  adaln::check_residual_adaln_modulate(x_in, gate, y_in, shift, scale);
   TORCH_CHECK_VALUE(eps >= 0, "eps must be >= 0, got ", eps);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
@@ -40,15 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_adaln_modula
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_adaln_modulate_backward_cuda(
     const std::optional<at::Tensor>& grad_h, const at::Tensor& grad_out, const at::Tensor& h_in, const at::Tensor& y_in,
     const at::Tensor& gate, const at::Tensor& scale, const at::Tensor& mean, const at::Tensor& rstd) {
-  adaln::check_tokens(h_in, "h");
-  adaln::check_like(grad_out, h_in, "grad_out");
-  adaln::check_like(y_in, h_in, "y");
-  adaln::check_mod(gate, h_in, "gate");
-  adaln::check_mod(scale, h_in, "scale");
-  adaln::check_stats(mean, h_in, "mean");
-  adaln::check_stats(rstd, h_in, "rstd");
+  adaln::check_residual_adaln_modulate_backward(grad_h, grad_out, h_in, y_in, gate, scale, mean, rstd);
   const bool has_gh = grad_h.has_value() && grad_h->defined();
-  if (has_gh) adaln::check_like(*grad_h, h_in, "grad_h");
   const c10::cuda::CUDAGuard guard(h_in.device());
   const auto h = h_in.contiguous();
   const auto y = y_in.contiguous();

@@ -43,5 +43,54 @@ inline void check_stats(const at::Tensor& t, const at::Tensor& x, const char* na
   TORCH_CHECK_VALUE(t.device() == x.device(), name, " is on ", t.device(), " but x is on ", x.device());
 }
 
+// Per-op input checks, shared by the CPU and CUDA bindings.
+inline void check_adaln_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  check_tokens(x, "x");
+  check_mod(shift, x, "shift");
+  check_mod(scale, x, "scale");
+}
+
+inline void check_adaln_modulate_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
+                                          const at::Tensor& mean, const at::Tensor& rstd) {
+  check_tokens(x, "x");
+  check_like(grad, x, "grad");
+  check_mod(scale, x, "scale");
+  check_stats(mean, x, "mean");
+  check_stats(rstd, x, "rstd");
+}
+
+inline void check_gated_residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y) {
+  check_tokens(x, "x");
+  check_mod(gate, x, "gate");
+  check_like(y, x, "y");
+}
+
+inline void check_gated_residual_backward(const at::Tensor& grad, const at::Tensor& gate, const at::Tensor& y) {
+  check_tokens(y, "y");
+  check_like(grad, y, "grad");
+  check_mod(gate, y, "gate");
+}
+
+inline void check_residual_adaln_modulate(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y,
+                                          const at::Tensor& shift, const at::Tensor& scale) {
+  check_gated_residual(x, gate, y);
+  check_mod(shift, x, "shift");
+  check_mod(scale, x, "scale");
+}
+
+inline void check_residual_adaln_modulate_backward(const std::optional<at::Tensor>& grad_h, const at::Tensor& grad_out,
+                                                   const at::Tensor& h, const at::Tensor& y, const at::Tensor& gate,
+                                                   const at::Tensor& scale, const at::Tensor& mean,
+                                                   const at::Tensor& rstd) {
+  check_tokens(h, "h");
+  check_like(grad_out, h, "grad_out");
+  check_like(y, h, "y");
+  check_mod(gate, h, "gate");
+  check_mod(scale, h, "scale");
+  check_stats(mean, h, "mean");
+  check_stats(rstd, h, "rstd");
+  if (grad_h.has_value() && grad_h->defined()) check_like(*grad_h, h, "grad_h");
+}
+
 }  // namespace adaln
 }  // namespace mdt
