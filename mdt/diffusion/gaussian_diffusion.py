@@ -56,7 +56,7 @@ def get_named_beta_schedule(name, num_diffusion_timesteps):
         T = num_diffusion_timesteps
         return torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), MAX_BETA) for i in range(T)],
                             dtype=torch.float64)
-    raise NotImplementedError(f"unknown beta schedule: {name}")
+    raise ValueError(f"unknown beta schedule {name!r}; choose \"linear\" or \"squaredcos_cap_v2\"")
 
 
 class GaussianDiffusion:
