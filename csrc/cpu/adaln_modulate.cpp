@@ -88,20 +88,7 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& x, const at::Tensor&
         const A* __restrict__ xr = adaln::load_row(xp + r * D, D, xbuf.data());
         const A* __restrict__ gr = adaln::load_row(gp + r * D, D, gbuf.data());
         const A m = mp[r], rs = rp[r];
-        A s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-        for (int64_t d = 0; d < D; ++d) {
-          const A xh = (xr[d] - m) * rs;
-          const A ga = gr[d] * ap[d];
-          s1 += ga;
-          s2 += ga * xh;
-          ps[d] += gr[d];
-          pc[d] += gr[d] * xh;
-        }
-        const A c1 = s1 * inv_d, c2 = s2 * inv_d;
-        // One feature: the normalised value is constant, d/dx is exactly 0 (g*a - mean(g*a) would be
-        // left at rounding level by FMA contraction, then multiplied by rstd = 1/sqrt(eps)).
-        const A rsd = D > 1 ? rs : A(0);
+        const auto [c1, c2, rsd] = adaln::modulate_grad_row(xr, gr, ap, m, rs, D, inv_d, ps, pc);
         A* __restrict__ o = obuf.data();
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) o[d] = rsd * (gr[d] * ap[d] - c1 - (xr[d] - m) * rs * c2);

@@ -129,6 +129,33 @@ inline void row_moments(const A* __restrict__ x, int64_t D, double eps, A& mean,
   rstd = A(1) / std::sqrt(v / static_cast<A>(D) + static_cast<A>(eps));
 }
 
+// Backward of LayerNorm + modulate, first pass over one row (xhat = (x - m) * rs, a = 1 + scale, g = dout):
+// adds g and g * xhat to the chunk partials ps (dshift) and pc (dscale); returns the row constants of
+// dx = rsd * (g*a - c1 - xhat * c2), with c1 = mean_d(g*a) and c2 = mean_d(g*a*xhat).
+template <typename A>
+struct ModulateGradRow {
+  A c1, c2, rsd;
+};
+
+template <typename A>
+inline ModulateGradRow<A> modulate_grad_row(const A* __restrict__ xr, const A* __restrict__ gr,
+                                            const A* __restrict__ ap, A m, A rs, int64_t D, A inv_d,
+                                            A* __restrict__ ps, A* __restrict__ pc) {
+  A s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t d = 0; d < D; ++d) {
+    const A xh = (xr[d] - m) * rs;
+    const A ga = gr[d] * ap[d];
+    s1 += ga;
+    s2 += ga * xh;
+    ps[d] += gr[d];
+    pc[d] += gr[d] * xh;
+  }
+  // One feature: the normalised value is constant, d/dx is exactly 0 (g*a - mean(g*a) would be left at
+  // rounding level by FMA contraction, then multiplied by rstd = 1/sqrt(eps)).
+  return {s1 * inv_d, s2 * inv_d, D > 1 ? rs : A(0)};
+}
+
 // outs[p][b, d] = sum over chunks c (in order) of partial[p, b, c, d], stored as T, for the P planes
 // (dshift, dscale, dgate, ...) of a (P, B, C, D) partial buffer. One parallel region for all planes.
 template <typename T>

@@ -116,20 +116,7 @@ void backward_kernel(const at::Tensor& gh, const at::Tensor& g, const at::Tensor
         const A* __restrict__ hr = adaln::load_row(hp + r * D, D, hbuf.data());
         const A* __restrict__ gr = adaln::load_row(gp + r * D, D, gbuf.data());
         const A m = mp[r], rs = rp[r];
-        A s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-        for (int64_t d = 0; d < D; ++d) {
-          const A hh = (hr[d] - m) * rs;
-          const A ga = gr[d] * ap[d];
-          s1 += ga;
-          s2 += ga * hh;
-          ps[d] += gr[d];
-          pc[d] += gr[d] * hh;
-        }
-        const A c1 = s1 * inv_d, c2 = s2 * inv_d;
-        // One feature: the normalised value is constant, d/dx is exactly 0 (g*a - mean(g*a) would be
-        // left at rounding level by FMA contraction, then multiplied by rstd = 1/sqrt(eps)).
-        const A rsd = D > 1 ? rs : A(0);
+        const auto [c1, c2, rsd] = adaln::modulate_grad_row(hr, gr, ap, m, rs, D, inv_d, ps, pc);
         const A* __restrict__ ghr = has_gh ? adaln::load_row(ghp + r * D, D, ghbuf.data()) : zeros.data();
         const A* __restrict__ yr = adaln::load_row(yp + r * D, D, ybuf.data());
         A* __restrict__ ox = dxbuf.data();

@@ -104,25 +104,10 @@ def _residual_adaln_bwd_kernel(
         row = b * N + n
         m = tl.load(mean_ptr + row)
         rs = tl.load(rstd_ptr + row)
-        v1 = tl.zeros([BLOCK_D], ACC)
-        v2 = tl.zeros([BLOCK_D], ACC)
-        for d0 in range(0, D, BLOCK_D):
-            offs = d0 + cols
-            mask = offs < D
-            hh = (tl.load(h_ptr + row * D + offs, mask=mask, other=0.0).to(ACC) - m) * rs
-            g = tl.load(g_ptr + row * D + offs, mask=mask, other=0.0).to(ACC)
-            a = 1.0 + tl.load(scale_ptr + b * sc_sb + offs * sc_sd, mask=mask, other=0.0).to(ACC)
-            v1 += g * a
-            v2 += g * a * hh
-            if ONE_BLOCK:
-                acc_s += g
-                acc_c += g * hh
-            else:
-                tl.store(ps_ptr + offs, tl.load(ps_ptr + offs, mask=mask) + g, mask=mask)
-                tl.store(pc_ptr + offs, tl.load(pc_ptr + offs, mask=mask) + g * hh, mask=mask)
-        c1 = tl.sum(v1, 0) / D
-        c2 = tl.sum(v2, 0) / D
-        rsd = tl.where(D > 1, rs, 0.0)  # one feature: d/dx is exactly 0 (no FMA rounding residue)
+        c1, c2, rsd, acc_s, acc_c = _adaln.modulate_grad_row(
+            h_ptr + row * D, g_ptr + row * D, scale_ptr + b * sc_sb, sc_sd, m, rs, D, ps_ptr, pc_ptr, acc_s, acc_c,
+            BLOCK_D, ONE_BLOCK, ACC,
+        )
         for d0 in range(0, D, BLOCK_D):
             offs = d0 + cols
             mask = offs < D
