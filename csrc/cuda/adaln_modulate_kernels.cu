@@ -24,24 +24,8 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   const T* xr = x + row * D;
   A s = A(0);
   for (int64_t d = lane; d < D; d += 32) s += to_acc(xr[d]);
-  const A m = warp_sum(s) / static_cast<A>(D);
-  A v = A(0);
-  for (int64_t d = lane; d < D; d += 32) {
-    const A c = to_acc(xr[d]) - m;
-    v += c * c;
-  }
-  const A rs = A(1) / sqrt(warp_sum(v) / static_cast<A>(D) + static_cast<A>(eps));
-  const T* shr = shift + b * sh_sb;
-  const T* scr = scale + b * sc_sb;
-  T* orow = out + row * D;
-  for (int64_t d = lane; d < D; d += 32) {
-    const A a = A(1) + to_acc(scr[d * sc_sd]);
-    orow[d] = from_acc<T>((to_acc(xr[d]) - m) * rs * a + to_acc(shr[d * sh_sd]));
-  }
-  if (lane == 0) {
-    mean[row] = m;
-    rstd[row] = rs;
-  }
+  warp_modulate_row(xr, s, D, lane, eps, shift + b * sh_sb, sh_sd, scale + b * sc_sb, sc_sd, out + row * D,
+                    mean + row, rstd + row);
 }
 
 // xhat = (x - mean) * rstd, a = 1 + scale, g = dout:

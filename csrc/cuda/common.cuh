@@ -105,6 +105,31 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
+// Tail of a warp-per-row LayerNorm + modulate forward. Lane `lane` holds the partial sum s of its columns
+// d = lane + 32k of row xr (and reads back only those, so a row the same lanes just wrote needs no sync):
+// orow = (x - mean) * rstd * (1 + scale) + shift, scale/shift rows read through their strides; lane 0
+// stores the row statistics.
+template <typename T, typename A>
+__device__ __forceinline__ void warp_modulate_row(const T* xr, A s, int64_t D, int lane, double eps,
+                                                  const T* shr, int64_t sh_sd, const T* scr, int64_t sc_sd,
+                                                  T* orow, A* mean, A* rstd) {
+  const A m = warp_sum(s) / static_cast<A>(D);
+  A v = A(0);
+  for (int64_t d = lane; d < D; d += 32) {
+    const A c = to_acc(xr[d]) - m;
+    v += c * c;
+  }
+  const A rs = A(1) / sqrt(warp_sum(v) / static_cast<A>(D) + static_cast<A>(eps));
+  for (int64_t d = lane; d < D; d += 32) {
+    const A a = A(1) + to_acc(scr[d * sc_sd]);
+    orow[d] = from_acc<T>((to_acc(xr[d]) - m) * rs * a + to_acc(shr[d * sh_sd]));
+  }
+  if (lane == 0) {
+    *mean = m;
+    *rstd = rs;
+  }
+}
+
 // Second stage of a deterministic two-stage reduction: out[p][r][d] = sum over c = 0..C-1, in order, of
 // partial[p][r][c][d], for P <= 3 planes of R rows (e.g. samples) of D columns. One thread per output.
 template <typename A, typename T>
