@@ -8,6 +8,8 @@ can run here. `nbytes` is the minimal number of bytes the mode must move, for ac
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -123,3 +125,22 @@ def op_providers(
             continue
         fns[b] = with_backend(b, public_fn)
     return {name: timed_closure(f, inputs, grad_inputs, grads, mode) for name, f in fns.items()}
+
+
+def results_stem(out_dir: str, name: str, device: torch.device, meta: dict) -> str:
+    """Path without extension of a results table: <out_dir>/<name>_<device>_<dtype>."""
+    tag = "cpu" if device.type == "cpu" else meta["device"].replace(" ", "_")
+    return os.path.join(out_dir, f"{name}_{tag}_{meta['dtype']}")
+
+
+def write_results(out_dir: str, name: str, device: torch.device, meta: dict, rows: list[dict],
+                  markdown: Callable[[dict, list[dict]], str]) -> str:
+    """Writes rows to results_stem(...).{json,md}; returns the stem."""
+    os.makedirs(out_dir, exist_ok=True)
+    base = results_stem(out_dir, name, device, meta)
+    with open(base + ".json", "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(markdown(meta, rows))
+    print(f"wrote {base}.md and .json")
+    return base

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import os
 
 import torch
 
 import mdt_kernels as mk
-from benchmarks._harness import copy_bandwidth, median_time
+from benchmarks._harness import copy_bandwidth, median_time, write_results
 from benchmarks.profile_ops import device_name, git_sha
 from mdt.optim import Adan
 
@@ -181,15 +180,7 @@ def main(argv=None) -> None:
         print(f"MDTv2-{name}: {MODELS[name]['total']:,} parameters")
         rows += rows_for(name, device, dtype, args.min_time, bw)
 
-    os.makedirs(args.out, exist_ok=True)
-    tag = "cpu" if device.type == "cpu" else meta["device"].replace(" ", "_")
-    base = os.path.join(args.out, f"optim_step_{tag}_{args.dtype}")
-    with open(base + ".json", "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(meta, rows))
-    print(f"wrote {base}.md and .json")
-
+    write_results(args.out, "optim_step", device, meta, rows, markdown)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ import subprocess
 import torch
 
 from benchmarks import cases as cases_pkg
-from benchmarks._harness import MODES, SHAPES, copy_bandwidth, median_time
+from benchmarks._harness import MODES, SHAPES, copy_bandwidth, median_time, results_stem, write_results
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FUSED = ("cpu", "cuda", "triton")
@@ -118,23 +118,17 @@ def main(argv=None) -> None:
             new_rows.append(row)
             print(markdown(meta, [row]).splitlines()[-1], flush=True)
 
-    os.makedirs(args.out, exist_ok=True)
-    tag = "cpu" if device.type == "cpu" else meta["device"].replace(" ", "_")
-    base = os.path.join(args.out, f"ops_{tag}_{args.dtype}")
     old = []
-    if os.path.exists(base + ".json"):
-        with open(base + ".json") as f:
+    path = results_stem(args.out, "ops", device, meta) + ".json"
+    if os.path.exists(path):
+        with open(path) as f:
             old = json.load(f)["rows"]
     key = lambda r: (r["op"], r["shape"], r["mode"])  # noqa: E731
     fresh = {key(r) for r in new_rows}
     rows = [r for r in old if key(r) not in fresh] + new_rows
     rows.sort(key=lambda r: (r["op"], list(SHAPES).index(r["shape"]) if r["shape"] in SHAPES else 99,
                              MODES.index(r["mode"])))
-    with open(base + ".json", "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(meta, rows))
-    print(f"wrote {base}.md and .json")
+    write_results(args.out, "ops", device, meta, rows, markdown)
 
 
 if __name__ == "__main__":
