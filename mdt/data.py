@@ -39,3 +39,72 @@ def digits_split(split: str = "train", seed: int = 0) -> tuple[torch.Tensor, tor
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """Model space [-1, 1] -> [0, 1] (for pictures)."""
     return ((x + 1) / 2).clamp(0, 1)
+
+
+#################################################################################
+#                      Training data sets (what `mdt train` reads)              #
+#################################################################################
+
+class TrainData:
+    """What the trainer needs of a data set. Examples are addressed by index; `batch` loads the examples
+    of a batch on the host and `to_model_input` turns them into the model's input on the device (where
+    per-step randomness such as posterior sampling or flips is drawn from torch's global generators, which
+    checkpoints save, so a resumed run draws what an uninterrupted one would)."""
+
+    in_channels: int
+    input_size: int  # model input is (in_channels, input_size, input_size)
+    num_classes: int
+    description: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def batch(self, indices: torch.Tensor) -> dict:
+        """Host tensors of the examples at `indices` (int64, (B,)); always holds "y" (B,) int64."""
+        raise NotImplementedError
+
+    def to_model_input(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (B, in_channels, input_size, input_size) float32, y (B,) int64), both on `device`."""
+        raise NotImplementedError
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> pictures in [-1, 1], (B, 1 or 3, H, W), for sample grids and .npz files."""
+        return x
+
+
+class DigitsData(TrainData):
+    """The training split of the 8x8 digits, held in memory: (1, 8, 8) images in [-1, 1], 10 classes."""
+
+    in_channels, input_size, num_classes = 1, 8, 10
+
+    def __init__(self, split: str = "train"):
+        self.x, self.y = digits_split(split)
+        self.description = f"digits ({split} split, {len(self.y)} images)"
+
+    def __len__(self):
+        return len(self.y)
+
+    def batch(self, indices):
+        return {"x": self.x[indices], "y": self.y[indices]}
+
+    def to_model_input(self, batch, device):
+        return batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
+
+
+def open_dataset(spec: str, **options) -> TrainData:
+    """The data set named by `spec`: "digits", or a folder written by `mdt prepare-latents`, or an image folder
+    (ImageNet layout: one sub-folder per class), encoded on the fly with a VAE (`options["vae"]`)."""
+    if spec == "digits":
+        return DigitsData()
+    import os
+
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"data path {spec!r} does not exist (use 'digits', a latent folder written by "
+                                "`mdt prepare-latents`, or an image folder)")
+    if not os.path.isdir(spec):
+        raise NotADirectoryError(f"data path {spec!r} is not a folder")
+    from . import latents
+
+    if latents.is_latent_folder(spec):
+        return latents.LatentFolder(spec)
+    return latents.ImageFolderData(spec, **options)

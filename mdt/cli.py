@@ -1,0 +1,65 @@
+"""The `mdt` command: `mdt train`, `mdt sample`, `mdt prepare-latents`, `mdt eval` (`mdt <command> --help`).
+
+Each command lives in its own module, which provides `add_arguments(parser)` and `run(args)`. Mistakes
+of the user (bad arguments, missing files, unusable checkpoints, missing optional packages) end with a
+one-line message and exit status 2; set MDT_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS = {  # name -> module providing add_arguments(parser) and run(args)
+    "train": "mdt.train",
+    "sample": "mdt.sample_cli",
+    "prepare-latents": "mdt.latents",
+    "eval": "mdt.evaluate",
+}
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; reported as one line, without a traceback."""
+
+
+def _user_errors():
+    from mdt_kernels import BackendError
+
+    from .checkpoint import CheckpointError
+    return (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ImportError, CheckpointError, BackendError, FloatingPointError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mdt", description="Train and sample Masked Diffusion Transformers "
+                                     "(MDTv2) and DiT with mdt-kernels' fused ops.")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run, _parser=p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except _user_errors() as e:
+        if os.environ.get("MDT_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        args._parser.exit(2, f"{args._parser.prog}: error: {message}\n")
+    except KeyboardInterrupt:
+        print(f"\n{args._parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
