@@ -32,7 +32,7 @@ import mdt_kernels as mk
 from . import checkpoint as ckpt
 from .data import TrainData, open_dataset
 from .diffusion import MIN_SNR_GAMMA, create_diffusion
-from .models import MODELS, MDTv2
+from .models import MODELS
 from .optim import Adan
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -479,8 +479,8 @@ def _finish(cfg, ema, data, d, step, log) -> dict | None:
     plot_losses(log.read(), os.path.join(cfg.out, "loss.png"))
     per_class = 10
     labels = torch.arange(data.num_classes).repeat_interleave(per_class)[: 10 * per_class]
-    pictures = generate(ema, labels, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, clip_denoised=cfg.data == "digits",
-                        seed=cfg.seed + 777)
+    pictures = generate(ema, labels, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
+                        clip_denoised=cfg.data == "digits", seed=cfg.seed + 777)
     save_grid(data.decode(pictures), os.path.join(cfg.out, "samples.png"), nrow=per_class)
     if result is not None:
         with open(os.path.join(cfg.out, "eval.json"), "w") as f:
