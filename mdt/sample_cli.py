@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_file
 from .models import MODELS
-from .sample import SAMPLERS, generate, save_grid, to_uint8
+from .sample import SAMPLERS, generate, save_grid, save_npz, to_uint8
 
 STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 NO_VAE = "none"
@@ -188,10 +188,9 @@ def sample_pictures(model, info: dict, args) -> tuple[np.ndarray, torch.Tensor]:
 
 
 def save_samples(pictures: np.ndarray, labels: torch.Tensor, stem: str, per_class: int) -> tuple[str, str]:
-    """STEM.npz (ADM format, as mdt.sample.save_npz: arr_0 (n, H, W, C) uint8, arr_1 (n,) int64 labels) and
-    STEM.png: a grid of the first GRID_SIDE classes, up to GRID_SIDE pictures of each per row."""
-    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
-    np.savez(stem + ".npz", pictures, labels.numpy().astype(np.int64))
+    """STEM.npz (ADM format) and STEM.png: a grid of the first GRID_SIDE classes, up to GRID_SIDE pictures of
+    each per row."""
+    save_npz(pictures, labels, stem + ".npz")
     cols = min(per_class, GRID_SIDE)
     rows = torch.arange(min(len(pictures) // per_class, GRID_SIDE))
     pick = (rows[:, None] * per_class + torch.arange(cols)).flatten().numpy()
