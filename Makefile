@@ -13,8 +13,8 @@ $(VPY):
 
 venv: $(VPY)
 	@$(VPY) -c "import torch" 2>/dev/null || $(PIP) "torch==$(TORCH_VERSION)"
-	@$(VPY) -c "import pytest, hypothesis, pytest_benchmark, triton, numpy, ninja, sklearn" 2>/dev/null || \
-		$(PIP) pytest hypothesis pytest-benchmark ruff triton numpy ninja scikit-learn
+	@$(VPY) -c "import pytest, hypothesis, pytest_benchmark, triton, numpy, ninja, sklearn, diffusers, tqdm, matplotlib, PIL, scipy" 2>/dev/null || \
+		$(PIP) pytest hypothesis pytest-benchmark ruff triton numpy ninja scikit-learn diffusers tqdm matplotlib Pillow scipy
 
 # --no-build-isolation: build against the torch in the venv (isolation would fetch a CUDA torch).
 # --no-deps: torch and friends are installed above, never resolved by pip here.

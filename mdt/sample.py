@@ -86,7 +86,9 @@ def save_grid(pictures: torch.Tensor, path: str, nrow: int | None = None, min_ce
 
 
 def save_npz(pictures: torch.Tensor, labels: torch.Tensor, path: str) -> str:
-    """The ADM evaluation format: arr_0 (n, H, W, C) uint8 pictures, arr_1 (n,) int64 class labels."""
+    """The ADM evaluation format: arr_0 (n, H, W, C) uint8 pictures, arr_1 (n,) int64 class labels.
+    pictures: (n, C, H, W) in [-1, 1], or an (n, H, W, C) uint8 array already converted by to_uint8."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, to_uint8(pictures), labels.cpu().numpy().astype(np.int64))
+    arr = pictures if isinstance(pictures, np.ndarray) and pictures.dtype == np.uint8 else to_uint8(pictures)
+    np.savez(path, arr, labels.cpu().numpy().astype(np.int64))
     return path

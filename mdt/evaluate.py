@@ -1,0 +1,123 @@
+"""Evaluate samples (`mdt eval`): digits accuracy + Frechet distance, or an ADM-evaluator .npz.
+
+`mdt eval SAMPLES.npz` reads an .npz in the ADM format (arr_0: (n, H, W, C) uint8 pictures, arr_1: labels).
+8x8 single-channel digits are judged here (mdt.metrics.digits_quality: accuracy of a digits classifier
+against the requested labels, and the Frechet distance of its features to held-out real digits); the report
+is printed and written as JSON. Any other pictures are checked to be a valid batch for OpenAI's ADM evaluator
+(guided-diffusion evaluations/evaluator.py: FID, sFID, IS, precision, recall), whose command line is printed.
+`mdt eval --checkpoint CKPT` samples a digits checkpoint first (the options of `mdt sample`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import torch
+
+ADM_EVALUATOR = "https://github.com/openai/guided-diffusion/tree/main/evaluations"
+REF_BATCHES = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet"
+REF_BATCH_NAMES = {64: "VIRTUAL_imagenet64_labeled.npz", 128: "VIRTUAL_imagenet128_labeled.npz",
+                   256: "VIRTUAL_imagenet256_labeled.npz", 512: "VIRTUAL_imagenet512.npz"}
+DIGITS_SHAPE = (8, 8, 1)
+
+
+def read_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(arr_0 pictures, arr_1 labels or None) of an ADM-format .npz, with one-line errors for other files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"samples file {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "arr_0" not in f.files:
+                raise ValueError(f"{path!r} has no arr_0 (arrays: {', '.join(f.files) or 'none'}); expected the "
+                                 "ADM format written by `mdt sample`")
+            pictures = f["arr_0"]
+            labels = f["arr_1"] if "arr_1" in f.files else None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path!r} is not a readable .npz file ({e})") from e
+    if pictures.dtype != np.uint8 or pictures.ndim != 4 or pictures.shape[-1] not in (1, 3):
+        raise ValueError(f"{path!r}: arr_0 is {pictures.dtype} of shape {pictures.shape}; expected uint8 pictures "
+                         "(n, H, W, 3), or (n, 8, 8, 1) digits")
+    if labels is not None and labels.shape != (len(pictures),):
+        raise ValueError(f"{path!r}: arr_1 has shape {labels.shape}, expected one label per picture "
+                         f"({len(pictures)},)")
+    return pictures, labels
+
+
+def evaluate_digits(pictures: np.ndarray, labels: np.ndarray | None) -> dict:
+    """mdt.metrics.digits_quality of (n, 8, 8, 1) uint8 digits against their labels."""
+    from .metrics import digits_quality
+
+    if labels is None:
+        raise ValueError("digits samples need their labels (arr_1) to measure accuracy")
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"digits labels must be in 0..9, found {labels.min()}..{labels.max()}")
+    x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 1, 8, 8) in [-1, 1]
+    return {"kind": "digits", **digits_quality(x, torch.from_numpy(labels.astype(np.int64)))}
+
+
+def adm_report(path: str, pictures: np.ndarray) -> dict:
+    """Shape of a batch for the ADM evaluator and the command that evaluates it."""
+    n, h, w, c = pictures.shape
+    if c != 3:
+        raise ValueError(f"{path!r}: the ADM evaluator needs RGB pictures, arr_0 has {c} channel(s)")
+    ref = REF_BATCH_NAMES.get(h) if h == w else None
+    report = {"kind": "adm", "samples": path, "n": n, "shape": [n, h, w, c]}
+    if ref is not None:
+        report["reference"] = f"{REF_BATCHES}/{h}/{ref}"
+        report["command"] = f"python evaluations/evaluator.py {ref} {path}"
+    return report
+
+
+def add_arguments(parser):
+    from .sample_cli import add_sampling_arguments
+
+    parser.add_argument("samples", nargs="?", help="ADM-format .npz (from `mdt sample`)")
+    parser.add_argument("--checkpoint", help="a digits training checkpoint: sample it, then evaluate")
+    parser.add_argument("--out", default=None,
+                        help="JSON report; unset: SAMPLES.eval.json, or CHECKPOINT.eval.json")
+    add_sampling_arguments(parser, num_per_class=100)
+
+
+def run(args):
+    if (args.samples is None) == (args.checkpoint is None):
+        raise ValueError("give either a SAMPLES.npz file or --checkpoint")
+    if args.checkpoint is not None:
+        from .latents import default_device
+        from .sample_cli import load_model, sample_pictures
+
+        model, info = load_model(args.checkpoint, weights=args.weights, device=args.device or default_device())
+        if (info["in_channels"], info["input_size"], info["num_classes"]) != (1, 8, 10) or info.get("vae"):
+            raise ValueError(f"--checkpoint evaluates digits models only; {args.checkpoint!r} is a {info['model']} "
+                             f"on {info.get('data')}: sample it with `mdt sample` and evaluate the .npz")
+        pictures, labels = sample_pictures(model, info, args)
+        report = {"kind": "digits", "checkpoint": args.checkpoint, "weights": args.weights,
+                  "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
+                  **evaluate_digits(pictures, labels.numpy())}
+        source = args.checkpoint
+    else:
+        pictures, labels = read_samples(args.samples)
+        source = args.samples
+        if pictures.shape[1:] == DIGITS_SHAPE:
+            report = {"samples": args.samples, **evaluate_digits(pictures, labels)}
+        else:
+            report = adm_report(args.samples, pictures)
+    if report["kind"] == "digits":
+        print(f"digits: accuracy {report['accuracy']:.4f}, Frechet distance {report['frechet']:.4f} "
+              f"({report['n']} samples)")
+    else:
+        print(f"{source}: {report['n']} pictures of {report['shape'][1]}x{report['shape'][2]}x3, a valid batch for "
+              f"the ADM evaluator ({ADM_EVALUATOR}; needs TensorFlow).")
+        if "command" in report:
+            print(f"Download the reference batch {report['reference']}, then run in a guided-diffusion checkout:")
+            print(f"  {report['command']}")
+        else:
+            print("There is no ImageNet reference batch of this resolution; give evaluator.py your own reference "
+                  "batch (same format) as its first argument.")
+    out = args.out or os.path.splitext(source)[0] + ".eval.json"
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"report: {out}")
+    return 0
