@@ -19,6 +19,7 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, load_file
 from .models import MODELS
 from .sample import SAMPLERS, generate, save_grid, save_npz, to_uint8
+from .train import build_model
 
 STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 NO_VAE = "none"
@@ -28,18 +29,6 @@ GRID_SIDE = 16  # the PNG shows at most 16 classes x 16 pictures (the .npz holds
 #################################################################################
 #                                 Loading models                                #
 #################################################################################
-
-def _build_model(config: dict) -> torch.nn.Module:
-    """The model a training config describes (until mdt.train.build_model takes over)."""
-    name = config["model"]
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    kwargs = {k: config[k] for k in ("input_size", "in_channels", "num_classes", "class_dropout_prob",
-                                     "learn_sigma") if config.get(k) is not None}
-    if name.startswith("MDTv2"):
-        kwargs["mask_ratio"] = config.get("mask_ratio")
-    return MODELS[name](**kwargs)
-
 
 def unwrap_state_dict(obj, weights: str = "ema") -> dict:
     """The model state dict in a loaded weights file: plain or under "ema"/"model"/"state_dict" (`weights`
@@ -110,7 +99,7 @@ def load_model(checkpoint=None, weights_file=None, model_name=None, weights="ema
         if not isinstance(state.get(weights), dict):
             raise CheckpointError(f"checkpoint {checkpoint!r} has no {weights!r} weights"
                                   + ("; use --weights model" if weights == "ema" else ""))
-        model = _build_model(config)
+        model = build_model(config)
         load_weights(model, unwrap_state_dict(state[weights]), f"the {weights} weights of {checkpoint!r}")
         info = {**config, "source": f"step{state.get('step', 0)}"}
     else:
@@ -120,7 +109,7 @@ def load_model(checkpoint=None, weights_file=None, model_name=None, weights="ema
             raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
         state = unwrap_state_dict(load_file(weights_file), weights)
         info = config_from_weights(state, model_name, input_size, in_channels, num_classes)
-        model = _build_model(info)
+        model = build_model(info)
         load_weights(model, state, f"{weights_file!r}")
         info.update(vae=None, latent_scale=None,
                     source=os.path.splitext(os.path.basename(weights_file))[0])

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -71,7 +71,6 @@ class TrainConfig:
     sample_steps: int = 100  # DDPM steps for evaluation samples and the final grid
     cfg_scale: float = 1.5  # guidance for evaluation samples and the grid (<= 1: none)
     progress: bool = True
-    extra: dict = field(default_factory=dict)  # data shape, filled in from the data set
 
     def is_mdt(self) -> bool:
         return self.model.startswith("MDT")
@@ -82,14 +81,15 @@ class TrainConfig:
 #################################################################################
 
 def build_model(config: dict) -> nn.Module:
-    """The model a config (a TrainConfig as dict, e.g. a checkpoint's "config") describes."""
+    """The model a config describes: a checkpoint's "config" (the run's TrainConfig plus what the data set
+    fixed: input_size, in_channels, num_classes, class_dropout_prob, learn_sigma), or such keys read off a
+    published state dict (mdt.sample_cli)."""
     name = config["model"]
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    shape = config["extra"]
-    kwargs = dict(input_size=shape["input_size"], in_channels=shape["in_channels"],
-                  num_classes=shape["num_classes"], class_dropout_prob=config["class_dropout"])
-    if name.startswith("MDT"):
+    kwargs = {k: config[k] for k in ("input_size", "in_channels", "num_classes", "class_dropout_prob", "learn_sigma")
+              if config.get(k) is not None}
+    if name.startswith("MDT") and config.get("mask_ratio") is not None:
         kwargs["mask_ratio"] = config["mask_ratio"]
     return MODELS[name](**kwargs)
 
@@ -307,11 +307,13 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     data = open_dataset(cfg.data, vae=cfg.vae, image_size=cfg.image_size, device=device)
     if len(data) < cfg.batch_size:
         raise ValueError(f"batch size {cfg.batch_size} is larger than the data set ({len(data)} examples)")
-    cfg.extra = {"in_channels": data.in_channels, "input_size": data.input_size, "num_classes": data.num_classes,
-                 "data_description": data.description, "world_size": d.world}
     if cfg.min_snr_gamma is not None and not cfg.is_mdt():
         cfg.min_snr_gamma = None  # DiT's loss has no weighting
-    config = dataclasses.asdict(cfg)
+    # The saved config: the run's options plus what the data set fixes (enough to rebuild the model and decode).
+    config = {**dataclasses.asdict(cfg), "input_size": data.input_size, "in_channels": data.in_channels,
+              "num_classes": data.num_classes, "class_dropout_prob": cfg.class_dropout, "learn_sigma": True,
+              "vae": getattr(data, "vae_name", cfg.vae), "latent_scale": getattr(data, "scale", None),
+              "data_description": data.description, "world_size": d.world}
 
     # Model, EMA and optimizer: identical on every rank (same seed); per-rank randomness starts afterwards.
     torch.manual_seed(cfg.seed)
@@ -543,7 +545,7 @@ def argparse_bool():
 
 
 def config_from_args(args) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: getattr(args, k) for k in names if hasattr(args, k)}
     values["betas"] = tuple(values["betas"])
     if len(values["betas"]) not in (2, 3):

@@ -31,7 +31,7 @@ def test_two_cpu_processes_with_gloo_hold_identical_weights(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [torch.load(tmp_path / "run" / f"rank{i}.pt", weights_only=True) for i in range(2)]
     state = ckpt.load_checkpoint(ckpt.checkpoint_path(str(tmp_path / "run"), 4))
-    assert state["config"]["extra"]["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["config"]["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])  # each rank draws its own noise
     init = ckpt.load_checkpoint(ckpt.checkpoint_path(str(tmp_path / "run"), 2))
     moved = 0

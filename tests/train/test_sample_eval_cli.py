@@ -1,6 +1,5 @@
 """`mdt sample`, `mdt eval` and `mdt prepare-latents` through the `mdt` command (mdt.cli.main)."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -27,8 +26,6 @@ def _cache(tmp_path_factory):
 def _env(_cache, monkeypatch):
     monkeypatch.setenv("MDT_CACHE", _cache)  # the digits classifier of `mdt eval`, trained once here
     monkeypatch.delenv("MDT_DEBUG", raising=False)
-    if importlib.util.find_spec("mdt.train") is None:  # the trainer is written on another branch
-        monkeypatch.delitem(cli.COMMANDS, "train")
 
 
 def mdt(argv, capsys):
