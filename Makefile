@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PIP := $(VPY) -m pip install --no-input
 
-.PHONY: venv build test test-cuda bench bench-optim bench-micro lint clean
+.PHONY: venv build test train test-cuda bench bench-optim bench-micro lint clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,15 @@ build: venv
 
 test: build
 	$(VPY) -m pytest -q
+
+# The default job: a small MDTv2 on scikit-learn's 8x8 digits, on this machine's CPU (or its GPU).
+# Writes $(TRAIN_OUT)/{checkpoints/,metrics.jsonl,loss.png,samples.png,eval.json}. Running it again
+# continues (or, when finished, re-evaluates) the run in $(TRAIN_OUT); add options with TRAIN_ARGS=.
+TRAIN_OUT ?= runs/digits
+TRAIN_ARGS ?=
+train: build
+	$(VENV)/bin/mdt train --model MDTv2-Ti/2 --data digits --batch-size 64 --steps 4000 --lr 2e-3 \
+		--ema-decay 0.999 --log-every 100 --ckpt-every 500 --out $(TRAIN_OUT) --resume auto $(TRAIN_ARGS)
 
 bench: build
 	$(VPY) -m benchmarks.profile_ops

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, load_file
+from .checkpoint import CheckpointError, load_checkpoint, load_file, load_latest
 from .models import MODELS
 from .sample import SAMPLERS, generate, save_grid, save_npz, to_uint8
 from .train import build_model
@@ -92,7 +92,10 @@ def load_model(checkpoint=None, weights_file=None, model_name=None, weights="ema
         if any(v is not None for v in (model_name, input_size, in_channels, num_classes)):
             raise ValueError("--model, --input-size, --in-channels and --num-classes apply to --weights-file only "
                              "(a training checkpoint records its model)")
-        state = load_checkpoint(checkpoint)
+        if os.path.isdir(checkpoint):  # a run folder: its newest readable checkpoint
+            checkpoint, state = load_latest(checkpoint)
+        else:
+            state = load_checkpoint(checkpoint)
         config = state.get("config")
         if not isinstance(config, dict) or "model" not in config:
             raise CheckpointError(f"checkpoint {checkpoint!r} has no model config")
@@ -201,7 +204,7 @@ def output_stem(out: str, tag: str) -> str:
 #################################################################################
 
 def add_model_arguments(parser):
-    parser.add_argument("--checkpoint", help="training checkpoint (ckpt_*.pt of `mdt train`)")
+    parser.add_argument("--checkpoint", help="training checkpoint (ckpt_*.pt of `mdt train`, or its run folder: the newest)")
     parser.add_argument("--weights-file", help="plain state dict of an MDTv2/DiT (e.g. mdt_xl2_v2_ckpt.pt)")
     parser.add_argument("--model", help=f"model of --weights-file: {', '.join(MODELS)}")
     parser.add_argument("--input-size", type=int, help="--weights-file: model input side; unset: from the weights")
