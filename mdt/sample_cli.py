@@ -204,7 +204,8 @@ def output_stem(out: str, tag: str) -> str:
 #################################################################################
 
 def add_model_arguments(parser):
-    parser.add_argument("--checkpoint", help="training checkpoint (ckpt_*.pt of `mdt train`, or its run folder: the newest)")
+    parser.add_argument("--checkpoint",
+                        help="training checkpoint (ckpt_*.pt of `mdt train`, or its run folder: the newest)")
     parser.add_argument("--weights-file", help="plain state dict of an MDTv2/DiT (e.g. mdt_xl2_v2_ckpt.pt)")
     parser.add_argument("--model", help=f"model of --weights-file: {', '.join(MODELS)}")
     parser.add_argument("--input-size", type=int, help="--weights-file: model input side; unset: from the weights")

@@ -325,12 +325,13 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     if device.type == "cuda":
         torch.cuda.manual_seed(cfg.seed * 1_000_003 + 1 + d.rank)
 
-    step = 0
+    step, train_seconds = 0, 0.0  # train_seconds: time spent in training steps (no evaluation, no saving)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
+        train_seconds = float(state.get("train_seconds", 0.0))
         rngs = state["rng"]
         if len(rngs) == d.world:
             _set_rng_state(rngs[d.rank], device)
@@ -387,8 +388,9 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                     sums /= d.world
                 mean = (sums / n_sum).tolist()  # the one host sync per log interval
                 now = time.perf_counter()
+                train_seconds += now - t_log
                 record = {"step": step, "loss": mean[0], "steps_per_s": n_sum / (now - t_log),
-                          "lr": opt.param_groups[0]["lr"], "time": time.time()}
+                          "lr": opt.param_groups[0]["lr"], "train_seconds": train_seconds, "time": time.time()}
                 if cfg.is_mdt():
                     record.update(loss_full=mean[1], loss_masked=mean[2])
                 if not math.isfinite(mean[0]):
@@ -405,10 +407,11 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                 bar.update(1)
 
             t_aside = time.perf_counter()  # evaluation and checkpoint time is left out of steps/s
+            elapsed = train_seconds + (t_aside - t_log)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                eval_result = _evaluate(ema, data, cfg, d, step, log)
+                eval_result = _evaluate(ema, data, cfg, d, step, log, elapsed)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _save(cfg, config, step, model, ema, opt, d, device)
+                _save(cfg, config, step, model, ema, opt, d, device, elapsed)
             t_log += time.perf_counter() - t_aside
 
     if bar is not None:
@@ -418,7 +421,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         if len(set(sums)) != 1:
             raise RuntimeError(f"ranks hold different weights after training (checksums {sums})")
     with backend:
-        eval_result = _finish(cfg, ema, data, d, step, log)
+        eval_result = _finish(cfg, ema, data, d, step, log, train_seconds)
     return TrainResult(model=model, ema=ema, step=step, config=cfg, eval=eval_result)
 
 
@@ -439,11 +442,11 @@ def _progress(cfg, step, d):
                 mininterval=0.5 if tty else 30.0, file=sys.stderr)
 
 
-def _save(cfg, config, step, model, ema, opt, d, device):
+def _save(cfg, config, step, model, ema, opt, d, device, train_seconds):
     rngs = _all_gather_objects(_rng_state(device), d)
     if d.main:
         state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rngs,
-                 "config": config}
+                 "config": config, "train_seconds": train_seconds}
         ckpt.save_checkpoint(cfg.out, step, state, keep_last=cfg.keep_last)
     if d.world > 1:
         dist.barrier()
@@ -453,7 +456,7 @@ def _sample_labels(n: int, num_classes: int) -> torch.Tensor:
     return torch.arange(n) % num_classes
 
 
-def _evaluate(ema, data: TrainData, cfg: TrainConfig, d: Dist, step: int, log) -> dict | None:
+def _evaluate(ema, data: TrainData, cfg: TrainConfig, d: Dist, step: int, log, train_seconds: float) -> dict | None:
     """Digits only: class accuracy and Frechet distance of EMA samples (rank 0; others wait)."""
     result = None
     if d.main and cfg.data == "digits":
@@ -465,15 +468,15 @@ def _evaluate(ema, data: TrainData, cfg: TrainConfig, d: Dist, step: int, log) -
                            seed=cfg.seed + 12345)
         result = digits_quality(samples, labels)
         result.update(cfg_scale=cfg.cfg_scale, sample_steps=cfg.sample_steps)
-        log.write({"step": step, "eval": result})
+        log.write({"step": step, "train_seconds": train_seconds, "eval": result})
     if d.world > 1:
         dist.barrier()
     return result
 
 
-def _finish(cfg, ema, data, d, step, log) -> dict | None:
+def _finish(cfg, ema, data, d, step, log, train_seconds) -> dict | None:
     """Loss curve, sample grid and (digits) the quality of the final EMA model, in the run folder."""
-    result = _evaluate(ema, data, cfg, d, step, log)
+    result = _evaluate(ema, data, cfg, d, step, log, train_seconds)
     if not d.main:
         return result
     from .sample import generate, save_grid
