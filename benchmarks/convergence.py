@@ -25,8 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._harness import machine_description
-
 DEFAULT_MODELS = ("DiT-Ti/2", "MDTv2-Ti/2")
 METRICS = (("frechet", "Frechet distance (lower is better)", min), ("accuracy", "class accuracy", max))
 
@@ -157,7 +155,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="baseline first")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -183,13 +181,17 @@ def main(argv=None) -> int:
     for (m, _), out in zip(jobs, outs):
         curves[m].append(read_curve(out))
     summary = summarize(curves, args.models)
-    machine = machine_description()
+    import torch
+
+    from .profile_ops import device_name
+
+    machine = f"{device_name(torch.device('cpu')).split(',')[0]}, {os.cpu_count()} cores"
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "convergence_digits")
     plot(summary, args.models, stem + ".png")
     md = markdown(summary, args.models, args, machine, wall)
     with open(stem + ".md", "w") as f:
-        f.write(md + f"\n![quality vs steps and time](convergence_digits.png)\n")
+        f.write(md + "\n![quality vs steps and time](convergence_digits.png)\n")
     with open(stem + ".json", "w") as f:
         json.dump({"machine": machine, "config": vars(args), "wall_seconds": wall, "summary": summary,
                    "runs": {m: curves[m] for m in args.models}}, f, indent=1)
