@@ -30,7 +30,7 @@ test: build
 TRAIN_OUT ?= runs/digits
 TRAIN_ARGS ?=
 train: build
-	$(VENV)/bin/mdt train --model MDTv2-Ti/2 --data digits --batch-size 64 --steps 4000 --lr 2e-3 \
+	$(VENV)/bin/mdt train --model MDTv2-Ti/2 --data digits --batch-size 64 --steps 3000 --lr 2e-3 \
 		--ema-decay 0.995 --log-every 100 --ckpt-every 500 --out $(TRAIN_OUT) --resume auto $(TRAIN_ARGS)
 
 bench: build
