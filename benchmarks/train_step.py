@@ -1,0 +1,422 @@
+"""End-to-end training step: one step of `mdt train`, fused (mdt_kernels + fused Adan) against the plain
+PyTorch reference, eager and under torch.compile, with peak memory and an optional per-op profile.
+
+    python -m benchmarks.train_step                                  # MDTv2-S/2 and DiT-S/2, batch 8, fp32
+    python -m benchmarks.train_step --models MDTv2-S/2 --compile off --profile
+    python -m benchmarks.train_step --precision bf16 --device cuda
+
+What is timed is the body of the trainer's loop (mdt.train._train), built from mdt.train's own pieces
+(TrainConfig, build_model, Objective, make_optimizer, update_ema): t ~ U{0..999} -> Objective (MDTv2: full +
+masked pass; DiT: one pass), under autocast for bf16 -> loss.mean().backward() -> Adan step -> EMA update.
+Left out: loading the batch (one fixed random latent batch stays on the device; batch and step seeds are
+those of the trainer, so every configuration sees the same batch, timesteps, noise and masks), the
+trainer's loss bookkeeping, logging and checkpoints.
+  fused     mdt_kernels.use_backend("auto") and Adan(fused=True): what `mdt train` runs by default.
+  unfused   use_backend("reference") and Adan(fused=False): the plain PyTorch path (`mdt train --no-fused`).
+  compiled  torch.compile(Objective), as `mdt train --compile` (its backward too; Adan and EMA stay eager).
+Each configuration builds a fresh model, runs --warmup steps (the first one compiles; its time is
+reported), then --iters steps, synchronising the device after each; ms/step is their median.
+
+A benchmark that times a broken step is worthless, so fused and unfused must agree (a WARNING in the
+output and the table says when they do not): first, for each model, on the loss and the gradients of one
+eager step from the same perturbed weights (a fresh model's zero-initialised adaLN and output layers hide
+the blocks from its first loss); then, per configuration, on the losses of the first and the last timed
+step (same seeds, same random draws; compiled rows draw their random numbers in inductor, so they match
+each other, not the eager rows).
+
+Peak memory is measured over what was in use before the model was built. CUDA: the peak of
+torch.cuda.max_memory_allocated over the configuration's steps (tensors only, not the allocator cache).
+CPU: the peak resident set size (sampled from /proc/self/statm every ms in a thread) during one extra,
+untimed step; it includes what the allocators keep, so it is coarser.
+
+--profile runs torch.profiler over --profile-steps more steps (CPU, and CUDA activity on a GPU) and lists
+the ops with the largest self time (host time on CPU, device time on CUDA) per step, and the share of the
+step per category (matmul/attention, mdt_kernels ops, elementwise/norm, optimizer + EMA, compiled code,
+other). Profiled steps run slower than timed ones; shares are of the profiled step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import ctypes
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import re
+import statistics
+import threading
+import time
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
+
+import mdt_kernels as mk
+from benchmarks._harness import sync, write_results
+from benchmarks.profile_ops import device_name, git_sha
+from mdt.diffusion import create_diffusion
+from mdt.models import MODELS
+from mdt.train import PRECISIONS, Objective, TrainConfig, build_model, make_optimizer, update_ema
+
+MODES = ("fused", "unfused")
+COMPILE = {"both": (False, True), "off": (False,), "on": (True,)}
+TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}  # fused vs unfused: losses, gradients (bf16: kernels round differently)
+TOP_OPS = 15
+
+# Profile categories, first match wins. Optimizer and mdt_kernels also claim what runs inside them.
+MATMUL = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "linear", "convolution", "_convolution",
+          "conv2d", "mkldnn_convolution", "softmax", "_softmax", "log_softmax", "_log_softmax"}
+ELEMENTWISE = {"add", "sub", "rsub", "mul", "div", "neg", "abs", "where", "clamp", "clamp_min", "clamp_max",
+               "maximum", "minimum", "exp", "log", "pow", "sqrt", "rsqrt", "reciprocal", "square", "erf", "tanh",
+               "sigmoid", "silu", "gelu", "sin", "cos", "sum", "mean", "var", "norm", "linalg_vector_norm",
+               "layer_norm", "native_layer_norm", "group_norm", "native_group_norm", "lerp", "addcmul", "addcdiv",
+               "lt", "gt", "le", "ge", "eq", "ne", "fill", "zero", "masked_fill", "threshold", "isfinite"}
+CATEGORIES = ("matmul / attention", "mdt_kernels ops", "elementwise / norm", "optimizer + EMA", "compiled code",
+              "other")
+
+
+def base_op(name: str) -> str:
+    """'aten::add_' -> 'add'; 'autograd::engine::evaluate_function: NativeLayerNormBackward0' -> 'native_layer_norm'."""
+    s = name.split("::")[-1].split(": ")[-1]
+    s = re.sub(r"Backward\d*$", "", s)
+    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", s).lower()
+    return re.sub(r"_backward$", "", s).strip("_")
+
+
+def display_name(name: str) -> str:
+    """Our ops' autograd wrappers by op name: the forward one also runs the kernel (no event of its own)."""
+    m = re.fullmatch(r"GeneratedBackwardFor_mdt_kernels_(\w+?)_default(Backward)?", name)
+    return f"mdt_kernels::{m[1]} [autograd {'bwd node' if m[2] else 'fwd + kernel'}]" if m else name
+
+
+def category(name: str, ancestors: list[str]) -> str:
+    if any(n.startswith("Optimizer.") or n == "aten::_foreach_lerp_" for n in [name, *ancestors]):
+        return "optimizer + EMA"  # Adan's zero_grad and step (torch.optim annotates them), and the EMA lerp
+    if any("mdt_kernels" in n for n in [name, *ancestors]):
+        return "mdt_kernels ops"  # also what runs inside them, and their autograd wrappers
+    op = base_op(name)
+    if op in MATMUL or "attention" in op:
+        return "matmul / attention"
+    if name.startswith("aten::") and op in ELEMENTWISE:
+        return "elementwise / norm"
+    if "Compiled" in name or name.startswith(("triton_", "cpp_fused", "Torch-Compiled", "TorchDynamo")):
+        return "compiled code"  # inductor's graphs (their fused kernels are not separate ops), dynamo's guards
+    return "other"
+
+
+def make_trainer(name: str, fused: bool, compiled: bool, args, device: torch.device):
+    """(step, model): step() runs one training step as mdt.train does and returns the loss tensor."""
+    cfg = TrainConfig(model=name, batch_size=args.batch, fused=fused, precision=args.precision, compile=compiled,
+                      seed=args.seed)
+    if not cfg.is_mdt():
+        cfg.min_snr_gamma = None  # as mdt train: DiT's loss has no weighting
+    config = {**dataclasses.asdict(cfg), "input_size": args.input_size, "in_channels": args.in_channels,
+              "num_classes": args.num_classes, "class_dropout_prob": cfg.class_dropout, "learn_sigma": True}
+    torch.manual_seed(cfg.seed)
+    model = build_model(config).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    diffusion = create_diffusion("", min_snr_gamma=cfg.min_snr_gamma)
+    objective = Objective(model, diffusion, masked=cfg.is_mdt()).to(device)
+    step_fn = torch.compile(objective) if cfg.compile else objective
+    dtype = PRECISIONS[cfg.precision]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(args.batch, args.in_channels, args.input_size, args.input_size, generator=gen).to(device)
+    y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
+    torch.manual_seed(cfg.seed * 1_000_003 + 1)  # the trainer's per-step randomness (rank 0)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(cfg.seed * 1_000_003 + 1)
+    model.train()
+
+    def step() -> torch.Tensor:  # the loop body of mdt.train._train
+        t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=device)
+        with autocast:
+            terms = step_fn(x, t, y)
+        loss = terms["loss"].float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        update_ema(ema, model, cfg.ema_decay)
+        return loss.detach()
+
+    return step, model
+
+
+def check_step(name: str, args, device: torch.device) -> dict:
+    """One eager step of each mode from the same perturbed weights: losses and gradients must agree.
+
+    A fresh model cannot show it: its adaLN-Zero modulation and output layer start at zero, so the first
+    loss is the same whatever the blocks compute, and only the output layer gets a gradient."""
+    result, ref = {}, None
+    for mode in ("unfused", "fused"):
+        with mk.use_backend("auto" if mode == "fused" else "reference"):
+            step, model = make_trainer(name, mode == "fused", False, args, device)
+            gen = torch.Generator().manual_seed(args.seed + 1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.02 * torch.randn(p.shape, generator=gen).to(device, p.dtype))
+            result[f"loss_{mode}"] = step().item()
+        grads = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
+        if ref is None:
+            ref = grads
+        else:
+            result["grad_rel_err"] = (torch.linalg.vector_norm(grads - ref) / torch.linalg.vector_norm(ref)).item()
+        del step, model
+    return result
+
+
+class PeakRSS:
+    """Peak resident set size in bytes of this process while in the block (/proc/self/statm, every ms)."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            self._stop.wait(0.001)
+
+    def __enter__(self):
+        self.peak = self.now()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+
+def release_memory(device: torch.device) -> None:
+    """Frees what earlier configurations left, so that the next one's memory baseline is its own."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap pages resident otherwise
+
+
+def profile_steps(step, device: torch.device, steps: int) -> dict:
+    """Self time per op and per category over `steps` steps, per step, in ms and % of the profiled step."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        step_ms = 1e3 * (time.perf_counter() - t0) / steps
+    ops: dict[tuple, dict] = {}
+    for e in prof.events():
+        if e.device_type != DeviceType.CPU:  # kernels: their time is the self device time of the op launching them
+            continue
+        ancestors, p = [], e.cpu_parent
+        while p is not None:
+            ancestors.append(p.name)
+            p = p.cpu_parent
+        cat = category(e.name, ancestors)
+        name = display_name(e.name)
+        op = ops.setdefault((name, cat), dict(name=name, category=cat, calls=0, ms=0.0))
+        op["ms"] += (e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total) / 1e3 / steps
+        if not ancestors or ancestors[0] != e.name:  # an op re-dispatching to itself (autograd) is one call
+            op["calls"] += 1 / steps
+    ops_list = sorted(ops.values(), key=lambda o: -o["ms"])
+    cats = dict.fromkeys(CATEGORIES, 0.0)
+    for o in ops_list:
+        o["pct"] = 100 * o["ms"] / step_ms
+        cats[o["category"]] += o["ms"]
+    in_ops = sum(cats.values())
+    cats["not in any op" if device.type == "cpu" else "device idle"] = max(step_ms - in_ops, 0.0)
+    return dict(steps=steps, step_ms=step_ms, in_ops_ms=in_ops, top=ops_list[:TOP_OPS],
+                categories={k: dict(ms=v, pct=100 * v / step_ms) for k, v in cats.items()},
+                mdt_kernels_ops=sorted({o["name"] for o in ops_list if o["name"].startswith("mdt_kernels::")}))
+
+
+def run_config(name: str, mode: str, compiled: bool, args, device: torch.device) -> dict:
+    release_memory(device)
+    if compiled:
+        torch._dynamo.reset()  # a fresh compile per configuration (and no recompile limit across them)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = PeakRSS.now()
+    with mk.use_backend("auto" if mode == "fused" else "reference"):
+        step, model = make_trainer(name, mode == "fused", compiled, args, device)
+        n_params = sum(p.numel() for p in model.parameters())
+        t0 = time.perf_counter()
+        loss_first = step().item()  # also the compile
+        first_s = time.perf_counter() - t0
+        for _ in range(args.warmup - 1):
+            step()
+        sync(device)
+        times = []
+        for _ in range(args.iters):
+            t0 = time.perf_counter()
+            loss = step()
+            sync(device)
+            times.append(1e3 * (time.perf_counter() - t0))
+        loss_last = loss.item()
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) - base
+        else:
+            with PeakRSS() as rss:
+                step()
+            peak = rss.peak - base
+        prof = profile_steps(step, device, args.profile_steps) if args.profile else None
+    del step, model
+    row = dict(model=name, params=n_params, mode=mode, compiled=compiled, ms=statistics.median(times),
+               ms_min=min(times), times_ms=times, first_step_s=first_s, peak_mb=peak / 2**20, loss_first=loss_first,
+               loss_last=loss_last)
+    if prof is not None:
+        row["profile"] = prof
+    print(f"  {name} {mode:7s} {'compiled' if compiled else 'eager':8s}: {row['ms']:9.2f} ms/step (min "
+          f"{row['ms_min']:.2f}), first step {first_s:.2f} s, peak {row['peak_mb']:.0f} MB, "
+          f"loss {loss_first:.5f} -> {loss_last:.5f}", flush=True)
+    return row
+
+
+def add_comparisons(rows: list[dict], checks: dict, precision: str) -> list[str]:
+    """Speedups (vs unfused at the same compile setting, vs compiled unfused); warnings where fused and unfused
+    disagree."""
+    rtol, warnings = TOLERANCE[precision], []
+    for name, c in checks.items():
+        if not (math.isclose(c["loss_fused"], c["loss_unfused"], rel_tol=rtol) and c["grad_rel_err"] <= rtol):
+            warnings.append(f"WARNING: {name}: the fused step disagrees with the reference step (losses "
+                            f"{c['loss_fused']:.6g} vs {c['loss_unfused']:.6g}, gradients {c['grad_rel_err']:.2e} "
+                            f"apart, tolerance {rtol}): these timings may be of a broken step")
+    for r in rows:
+        unfused = {u["compiled"]: u for u in rows if u["model"] == r["model"] and u["mode"] == "unfused"}
+        same, comp = unfused.get(r["compiled"]), unfused.get(True)
+        r["speedup_vs_unfused"] = same["ms"] / r["ms"] if same else None
+        r["speedup_vs_compiled_unfused"] = comp["ms"] / r["ms"] if comp else None
+        if r["mode"] == "fused" and same is not None:
+            for key in ("loss_first", "loss_last"):
+                if not math.isclose(r[key], same[key], rel_tol=rtol):
+                    warnings.append(f"WARNING: {r['model']} {'compiled' if r['compiled'] else 'eager'}: fused and "
+                                    f"unfused {key} differ ({r[key]:.6g} vs {same[key]:.6g}, rtol {rtol})")
+    return warnings
+
+
+def _x(v) -> str:
+    return f"{v:.2f}x" if v else "-"
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    c = meta["config"]
+    lines = [
+        f"# Training step: {meta['device']} ({meta['dtype']})",
+        "",
+        f"torch {meta['torch']}, {meta['threads']} threads, commit {meta['commit']}, {meta['date']}, load average "
+        f"at start {meta['load_avg']}. One `mdt train` step (t ~ U, Objective, backward, Adan, EMA) on a batch of "
+        f"{c['batch']} latents {c['in_channels']}x{c['input_size']}x{c['input_size']}, {c['num_classes']} classes; "
+        f"median of {c['iters']} steps after {c['warmup']} warm-up steps. fused: mdt_kernels (auto) + fused Adan; "
+        "unfused: the PyTorch reference + foreach Adan. First step: its seconds (compiles). Peak: "
+        f"{meta['memory']}.",
+        "",
+        "| model | params | ops | compile | ms/step | min ms | vs unfused | vs compiled unfused | first step s | "
+        "peak MB | loss step 1 | loss last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['mode']} | {'on' if r['compiled'] else 'off'} | "
+                     f"{r['ms']:.2f} | {r['ms_min']:.2f} | {_x(r['speedup_vs_unfused'])} | "
+                     f"{_x(r['speedup_vs_compiled_unfused'])} | {r['first_step_s']:.2f} | {r['peak_mb']:.0f} | "
+                     f"{r['loss_first']:.5f} | {r['loss_last']:.5f} |")
+    lines += ["", "Check, one eager step of each mode from the same perturbed weights (a fresh model's "
+              "zero-initialised adaLN and output layers hide the blocks from its first loss):", ""]
+    lines += [f"- {name}: loss fused {c['loss_fused']:.6f}, unfused {c['loss_unfused']:.6f}; gradients differ by "
+              f"{c['grad_rel_err']:.2e} (relative L2)" for name, c in meta["checks"].items()]
+    lines += [""] + meta["warnings"]
+    for r in rows:
+        p = r.get("profile")
+        if p is None:
+            continue
+        unit = "device" if meta["device_type"] == "cuda" else "host"
+        lines += ["", f"## Profile: {r['model']}, {r['mode']}, compile {'on' if r['compiled'] else 'off'}", "",
+                  f"{p['steps']} steps under torch.profiler, {p['step_ms']:.2f} ms/step (timed: {r['ms']:.2f}); "
+                  f"self {unit} time per step; % of the profiled step.", "",
+                  "| category | ms/step | % of step |", "|---|---|---|"]
+        lines += [f"| {k} | {v['ms']:.3f} | {v['pct']:.1f}% |" for k, v in p["categories"].items()]
+        lines += ["", "| op | category | calls/step | self ms/step | % of step |", "|---|---|---|---|---|"]
+        lines += [f"| `{o['name']}` | {o['category']} | {o['calls']:.0f} | {o['ms']:.3f} | {o['pct']:.1f}% |"
+                  for o in p["top"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["MDTv2-S/2", "DiT-S/2"], help="names from mdt.models.MODELS")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--compile", default="both", choices=list(COMPILE), help="torch.compile the Objective")
+    p.add_argument("--profile", action="store_true", help="per-op profile of every configuration")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--input-size", type=int, default=32, help="latent side (MDTv2-S/2: 32 for 256px images)")
+    p.add_argument("--in-channels", type=int, default=4)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (at least 1; compiled: 3 or more)")
+    p.add_argument("--iters", type=int, default=10, help="timed steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = p.parse_args(argv)
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        p.error(f"unknown model {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: this torch has no usable GPU (torch.cuda.is_available() is False)")
+    if args.warmup < 1 or args.iters < 1 or args.profile_steps < 1:
+        p.error("--warmup, --iters and --profile-steps must be at least 1")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    load = os.getloadavg()[0]
+    if device.type == "cpu" and load > 0.5:  # as profile_ops: another busy process steals an OpenMP thread's core
+        print(f"warning: load average {load:.2f}; CPU timings on a busy machine are not representative")
+    if device.type == "cuda":
+        memory = ("peak torch.cuda.max_memory_allocated over the steps, minus what was allocated before the model "
+                  "was built")
+    else:
+        memory = ("peak resident set size during one extra step (sampled every ms), minus the RSS before the model was "
+                  "built; includes allocator caches, and on compiled rows the compiler's own memory")
+    config = {k: getattr(args, k) for k in ("models", "batch", "modes", "compile", "input_size", "in_channels",
+                                             "num_classes", "warmup", "iters", "seed", "profile_steps")}
+    meta = dict(device=device_name(device), device_type=device.type, dtype=args.precision,
+                threads=torch.get_num_threads(), torch=torch.__version__, commit=git_sha(),
+                date=datetime.date.today().isoformat(), load_avg=round(load, 2), memory=memory, config=config,
+                checks={}, warnings=[])
+    print(f"{meta['device']}, torch {meta['torch']}, {args.precision}, batch {args.batch}")
+    # The correctness check runs first: its untimed steps also do the once-per-process set-up (library loads,
+    # thread pools) that would otherwise count in the first configuration's memory.
+    for name in args.models:
+        meta["checks"][name] = c = check_step(name, args, device)
+        print(f"  {name} check (perturbed weights, one eager step): loss fused {c['loss_fused']:.6f}, unfused "
+              f"{c['loss_unfused']:.6f}, gradient relative difference {c['grad_rel_err']:.2e}")
+    rows = []
+    for name in args.models:
+        for compiled in COMPILE[args.compile]:
+            for mode in args.modes:
+                rows.append(run_config(name, mode, compiled, args, device))
+    meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
+    for w in meta["warnings"]:
+        print(w)
+    write_results(args.out, "train_step", device, meta, rows, markdown)
+
+
+if __name__ == "__main__":
+    main()
