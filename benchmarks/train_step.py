@@ -6,7 +6,7 @@ PyTorch reference, eager and under torch.compile, with peak memory and an option
     python -m benchmarks.train_step --precision bf16 --device cuda
 
 What is timed is the body of the trainer's loop (mdt.train._train), built from mdt.train's own pieces
-(TrainConfig, build_model, Objective, make_optimizer, update_ema): t ~ U{0..999} -> Objective (MDTv2: full +
+(TrainConfig, build_model, Objective, make_optimizer, training_step): t ~ U{0..999} -> Objective (MDTv2: full +
 masked pass; DiT: one pass), under autocast for bf16 -> loss.mean().backward() -> Adan step -> EMA update.
 Left out: loading the batch (one fixed random latent batch stays on the device; batch and step seeds are
 those of the trainer, so every configuration sees the same batch, timesteps, noise and masks), the
@@ -60,7 +60,7 @@ from benchmarks._harness import sync, write_results
 from benchmarks.profile_ops import device_name, git_sha
 from mdt.diffusion import create_diffusion
 from mdt.models import MODELS
-from mdt.train import PRECISIONS, Objective, TrainConfig, build_model, make_optimizer, update_ema
+from mdt.train import PRECISIONS, Objective, TrainConfig, autocast_context, build_model, make_optimizer, training_step
 
 MODES = ("fused", "unfused")
 COMPILE = {"both": (False, True), "off": (False,), "on": (True,)}
@@ -123,8 +123,7 @@ def make_trainer(name: str, fused: bool, compiled: bool, args, device: torch.dev
     diffusion = create_diffusion("", min_snr_gamma=cfg.min_snr_gamma)
     objective = Objective(model, diffusion, masked=cfg.is_mdt()).to(device)
     step_fn = torch.compile(objective) if cfg.compile else objective
-    dtype = PRECISIONS[cfg.precision]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    autocast = autocast_context(cfg.precision, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(args.batch, args.in_channels, args.input_size, args.input_size, generator=gen).to(device)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
@@ -133,15 +132,8 @@ def make_trainer(name: str, fused: bool, compiled: bool, args, device: torch.dev
         torch.cuda.manual_seed(cfg.seed * 1_000_003 + 1)
     model.train()
 
-    def step() -> torch.Tensor:  # the loop body of mdt.train._train
-        t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=device)
-        with autocast:
-            terms = step_fn(x, t, y)
-        loss = terms["loss"].float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        update_ema(ema, model, cfg.ema_decay)
+    def step() -> torch.Tensor:  # the trainer's own step function
+        _, loss = training_step(step_fn, model, ema, opt, x, y, diffusion.num_timesteps, autocast, cfg.ema_decay)
         return loss.detach()
 
     return step, model

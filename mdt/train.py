@@ -116,6 +116,26 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
+def autocast_context(precision: str, device: torch.device):
+    """bf16: autocast (weights, optimizer state and EMA stay fp32); fp32: nothing."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def training_step(step_fn, model, ema, opt, x, y, num_timesteps: int, autocast, ema_decay: float):
+    """One optimizer step as `mdt train` takes it (benchmarks/train_step.py times this same function):
+    t ~ U{0..T-1} -> objective (both passes for MDTv2) -> backward -> optimizer -> EMA. Returns (terms, loss)."""
+    t = torch.randint(0, num_timesteps, (x.shape[0],), device=x.device)
+    with autocast:
+        terms = step_fn(x, t, y)
+    loss = terms["loss"].float().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    update_ema(ema, model, ema_decay)
+    return terms, loss
+
+
 def batch_indices(step: int, n: int, global_batch: int, seed: int) -> torch.Tensor:
     """The global batch of `step`: epochs are seeded permutations of the n examples (the last partial
     batch of each epoch is dropped), so a batch depends only on (seed, step)."""
@@ -345,8 +365,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
         objective = nn.parallel.DistributedDataParallel(objective, **ddp_kwargs)
     step_fn = torch.compile(objective) if cfg.compile else objective
-    autocast = (torch.autocast(device.type, dtype=PRECISIONS[cfg.precision]) if PRECISIONS[cfg.precision]
-                else contextlib.nullcontext())
+    autocast = autocast_context(cfg.precision, device)
     backend = mk.use_backend("auto" if cfg.fused else "reference")
     log = MetricsLog(cfg.out, step if resume is not None else None) if d.main else None
     if d.main:
@@ -368,14 +387,8 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         while step < cfg.steps:
             idx = batch_indices(step, len(data), cfg.batch_size, cfg.seed)[d.rank * local_batch:][:local_batch]
             x, y = data.to_model_input(data.batch(idx), device)
-            t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=device)
-            with autocast:
-                terms = step_fn(x, t, y)
-            loss = terms["loss"].float().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            update_ema(ema, model, cfg.ema_decay)
+            terms, loss = training_step(step_fn, model, ema, opt, x, y, diffusion.num_timesteps, autocast,
+                                        cfg.ema_decay)
             step += 1
             with torch.no_grad():
                 full = terms["loss"] - terms["m_loss"] if "m_loss" in terms else terms["loss"]
