@@ -3,6 +3,8 @@ enough to train an MDTv2 on a laptop CPU in minutes, real enough to show whether
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import torch
 
@@ -45,7 +47,7 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 #                      Training data sets (what `mdt train` reads)              #
 #################################################################################
 
-class TrainData:
+class TrainData(abc.ABC):
     """What the trainer needs of a data set. Examples are addressed by index; `batch` loads the examples
     of a batch on the host and `to_model_input` turns them into the model's input on the device (where
     per-step randomness such as posterior sampling or flips is drawn from torch's global generators, which
@@ -56,16 +58,17 @@ class TrainData:
     num_classes: int
     description: str
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of examples."""
 
+    @abc.abstractmethod
     def batch(self, indices: torch.Tensor) -> dict:
         """Host tensors of the examples at `indices` (int64, (B,)); always holds "y" (B,) int64."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def to_model_input(self, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(x (B, in_channels, input_size, input_size) float32, y (B,) int64), both on `device`."""
-        raise NotImplementedError
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> pictures in [-1, 1], (B, 1 or 3, H, W), for sample grids and .npz files."""

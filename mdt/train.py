@@ -12,6 +12,7 @@ uninterrupted run would be.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import dataclasses
@@ -111,9 +112,7 @@ class Objective(nn.Module):
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, one multi-tensor lerp over all parameters."""
-    ema_params = [p for p in ema.parameters()]
-    params = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
 
 
 def autocast_context(precision: str, device: torch.device):
@@ -391,8 +390,8 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                                         cfg.ema_decay)
             step += 1
             with torch.no_grad():
-                full = terms["loss"] - terms["m_loss"] if "m_loss" in terms else terms["loss"]
-                sums += torch.stack([loss.detach(), full.float().mean(), loss.detach() - full.float().mean()]).double()
+                full = (terms["loss"] - terms["m_loss"] if "m_loss" in terms else terms["loss"]).float().mean()
+                sums += torch.stack([loss.detach(), full, loss.detach() - full]).double()
             n_sum += 1
 
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -514,7 +513,7 @@ def _finish(cfg, ema, data, d, step, log, train_seconds) -> dict | None:
 #################################################################################
 
 def add_arguments(p) -> None:
-    c = TrainConfig()
+    c, flag = TrainConfig(), argparse.BooleanOptionalAction
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=c.model, help="model name (mdt.models.MODELS, e.g. MDTv2-Ti/2, DiT-S/2)")
     g.add_argument("--data", default=c.data, help="'digits', a `mdt prepare-latents` folder or an image folder")
@@ -533,9 +532,9 @@ def add_arguments(p) -> None:
     g.add_argument("--ema-decay", type=float, default=c.ema_decay)
     g.add_argument("--min-snr-gamma", type=float, default=c.min_snr_gamma, help="MDTv2 loss weighting (DiT: none)")
     g = p.add_argument_group("speed")
-    g.add_argument("--fused", action=argparse_bool(), default=c.fused, help="fused kernels (--no-fused: reference)")
+    g.add_argument("--fused", action=flag, default=c.fused, help="fused kernels (--no-fused: reference)")
     g.add_argument("--precision", choices=list(PRECISIONS), default=c.precision)
-    g.add_argument("--compile", action=argparse_bool(), default=c.compile, help="torch.compile the training step")
+    g.add_argument("--compile", action=flag, default=c.compile, help="torch.compile the training step")
     g.add_argument("--device", default=c.device)
     g.add_argument("--threads", type=int, default=c.threads, help="CPU threads per rank (0: torch default)")
     g = p.add_argument_group("run")
@@ -551,13 +550,7 @@ def add_arguments(p) -> None:
     g.add_argument("--eval-samples", type=int, default=c.eval_samples)
     g.add_argument("--sample-steps", type=int, default=c.sample_steps)
     g.add_argument("--cfg-scale", type=float, default=c.cfg_scale)
-    g.add_argument("--progress", action=argparse_bool(), default=c.progress)
-
-
-def argparse_bool():
-    import argparse
-
-    return argparse.BooleanOptionalAction
+    g.add_argument("--progress", action=flag, default=c.progress)
 
 
 def config_from_args(args) -> TrainConfig:
