@@ -26,6 +26,12 @@ TORCH_LIBRARY(mdt_kernels, m) {
   m.def("masked_rel_pos_bias(Tensor table, int grid_size, Tensor ids_keep) -> Tensor");
   // d_table (num_rel, H), accumulated deterministically on CPU
   m.def("masked_rel_pos_bias_backward(Tensor grad, Tensor ids_keep, int grid_size, SymInt num_rel) -> Tensor");
+  // Attention with that bias on the packed projection qkv (B,K,3,H,Dh) of the kept tokens:
+  // out (B,K,H,Dh) = softmax(q k^T * scale + bias) v per (b,h); also returns the softmax probabilities
+  // P (B,H,K,K), fp32 (fp64 for fp64 qkv), saved for the backward.
+  m.def("rel_pos_attention(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> (Tensor, Tensor)");
+  // -> (d_qkv (B,K,3,H,Dh) in qkv's dtype, d_table (num_rel, H) in P's dtype)
+  m.def("rel_pos_attention_backward(Tensor grad_out, Tensor qkv, Tensor probs, Tensor ids_keep, int grid_size, SymInt num_rel, float scale) -> (Tensor, Tensor)");
   // out = LayerNorm_no_affine(x) * (1 + scale[:,None]) + shift[:,None]; x (B,N,D), shift/scale (B,D) any strides.
   // Also returns the per-row mean and rstd (B,N) in fp32 (fp64 for fp64 x), saved for the backward.
   m.def("adaln_modulate(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");

@@ -33,7 +33,7 @@ MAX_PERIOD = 10000  # lowest frequency of the timestep and position sin-cos feat
 NUM_EXTRA_REL = 3  # BEiT's cls-token rows of the relative bias table: stored in MDT checkpoints, never read
 MASK_RATIO_SPAN = 0.2  # MDTv2 draws the mask ratio from [mask_ratio, mask_ratio + 0.2) per masked forward
 CFG_LEGACY_CHANNELS = 3  # DiT/MDT guide only the first 3 of the 4 eps channels ("exact reproducibility")
-ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
+ATTENTION_BACKENDS = ("auto", "mdt_kernels", "sdpa", "xformers", "math")
 
 
 #################################################################################
@@ -65,10 +65,21 @@ class RelativePositionBias(nn.Module):
         return mk.masked_rel_pos_bias(self.relative_position_bias_table, self.grid_size, ids_keep)
 
 
-def attention(q, k, v, bias=None, backend="auto"):
+def attention_backend(backend, x, rel_pos):
+    """The attention implementation for tokens x: 'auto' takes xformers (else SDPA) on CUDA, and on other
+    devices mdt_kernels' fused attention when there is a relative-position bias (else SDPA)."""
+    if backend != "auto":
+        if backend == "mdt_kernels" and not rel_pos:
+            raise ValueError("attention backend 'mdt_kernels' needs a relative position bias (MDT blocks); "
+                             "this block has none")
+        return backend
+    if x.is_cuda:
+        return "xformers" if xops is not None else "sdpa"
+    return "mdt_kernels" if rel_pos else "sdpa"
+
+
+def attention(q, k, v, bias=None, backend="sdpa"):
     """softmax(q k^T / sqrt(Dh) + bias) v for q, k, v (B, H, N, Dh); bias broadcasts to (B, H, N, N)."""
-    if backend == "auto":
-        backend = "xformers" if xops is not None and q.is_cuda else "sdpa"
     if bias is not None:
         bias = bias.to(q.dtype)
     if backend == "sdpa":
@@ -102,10 +113,15 @@ class Attention(nn.Module):
 
     def forward(self, x, ids_keep=None):
         B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
-        bias = self.rel_pos_bias(ids_keep) if self.rel_pos_bias is not None else None
-        x = attention(q, k, v, bias, self.backend)  # (B, H, N, Dh)
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)  # (B, N, 3, H, Dh)
+        rel = self.rel_pos_bias
+        backend = attention_backend(self.backend, x, rel is not None)
+        if backend == "mdt_kernels":  # bias, attention and both transposes in one op
+            x = mk.rel_pos_attention(qkv, rel.relative_position_bias_table, rel.grid_size, ids_keep)  # (B, N, H, Dh)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
+            x = attention(q, k, v, rel(ids_keep) if rel is not None else None, backend).transpose(1, 2)  # (B, N, H, Dh)
+        return self.proj(x.reshape(B, N, D))
 
 
 #################################################################################
@@ -285,7 +301,8 @@ class _DiffusionTransformer(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
     def set_attention_backend(self, backend):
-        """'auto' (xformers on CUDA when installed, else SDPA), 'sdpa', 'xformers' or 'math' (explicit)."""
+        """'auto' (CUDA: xformers when installed, else SDPA; other devices: mdt_kernels.rel_pos_attention in
+        blocks with a relative position bias, else SDPA), 'mdt_kernels', 'sdpa', 'xformers' or 'math'."""
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
         for module in self.modules():

@@ -10,6 +10,7 @@ from .ops.adan import adan_step
 from .ops.gated_residual import gated_residual
 from .ops.gather_tokens import gather_tokens
 from .ops.masked_rel_pos_bias import masked_rel_pos_bias
+from .ops.rel_pos_attention import rel_pos_attention
 from .ops.residual_adaln_modulate import residual_adaln_modulate
 from .ops.unmask_tokens import unmask_tokens
 
@@ -23,6 +24,7 @@ __all__ = [
     "gather_tokens",
     "get_backend",
     "masked_rel_pos_bias",
+    "rel_pos_attention",
     "residual_adaln_modulate",
     "unmask_tokens",
     "use_backend",

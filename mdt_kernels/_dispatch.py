@@ -120,25 +120,37 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return [b for b in BACKENDS if any(unavailable_reason(b, d) is None for d in devices)]
 
 
-_warned: set[str] = set()
+_warned: set = set()
 
 
-def resolve(op: str, device: torch.device) -> str:
-    """The backend that will run ``op`` for tensors on ``device`` under the current setting."""
+def _warn_reference(op: str, device: torch.device, kernels: tuple[str, ...]) -> None:
+    """Once per device type (per op, for an op without every kernel): auto fell back to the reference."""
+    first = AUTO_ORDER[device.type][0]
+    if first in kernels:
+        key, why = device.type, unavailable_reason(first, device)
+    else:
+        key, why = (device.type, op), f"{op} has no {first} kernel"
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"mdt_kernels: no fused backend for {device.type} tensors ({why}); using the PyTorch reference",
+                      stacklevel=4)
+
+
+def resolve(op: str, device: torch.device, kernels: tuple[str, ...] = BACKENDS) -> str:
+    """The backend that will run ``op`` for tensors on ``device`` under the current setting.
+
+    ``kernels``: the backends ``op`` has (every one, unless the op says otherwise)."""
     if _backend != "auto":
         why = unavailable_reason(_backend, device)
+        if why is None and _backend not in kernels:
+            why = f"{op} has no {_backend} kernel (it has: {', '.join(kernels)})"
         if why is not None:
             raise BackendError(f"mdt_kernels.{op}: backend {_backend!r} cannot run: {why}")
         return _backend
     for name in AUTO_ORDER.get(device.type, ("reference",)):
-        if unavailable_reason(name, device) is None:
-            if name == "reference" and device.type in AUTO_ORDER and device.type not in _warned:
-                _warned.add(device.type)
-                warnings.warn(
-                    f"mdt_kernels: no fused backend for {device.type} tensors "
-                    f"({unavailable_reason(AUTO_ORDER[device.type][0], device)}); using the PyTorch reference",
-                    stacklevel=3,
-                )
+        if name in kernels and unavailable_reason(name, device) is None:
+            if name == "reference" and device.type in AUTO_ORDER:
+                _warn_reference(op, device, kernels)
             return name
     return "reference"
 

@@ -106,7 +106,7 @@ def test_dit_fused_backend_matches_reference():
         assert_same_results(forward_backward(model, x, t, y), ref)
 
 
-@pytest.mark.parametrize("attn_backend", ["sdpa", "auto"])
+@pytest.mark.parametrize("attn_backend", ["sdpa", "auto", "mdt_kernels"])
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 def test_attention_backends_match_explicit_math(attn_backend, masked):
     model = tiny_mdt()

@@ -1,0 +1,270 @@
+// rel_pos_attention on CPU: out = softmax(q k^T * scale + bias) v for every (sample, head), with MDT's
+// relative-position bias read from the (R,H) table for each pair of kept tokens, on the packed qkv
+// projection (B,K,3,H,Dh) and writing out as (B,K,H,Dh), so neither side needs a transpose copy.
+//
+// Eager PyTorch (masked_rel_pos_bias + scaled_dot_product_attention, math path on CPU) materialises the
+// (B,H,K,K) bias, scales q and k, runs a batched matmul, adds the bias, runs softmax as its own pass, and
+// in backward runs softmax_backward and then sums the (B,H,K,K) score gradient into the table. Here one
+// task per (b, h) does, with its K x K block in cache:
+//   forward:  S = q k^T (BLAS), one pass  P = softmax(S * scale + bias)  (P saved for backward), O = P v.
+//   backward: dP = dO v^T, dv = P^T dO, one pass  dS = P * (dP - rowsum(P * dP))  that also adds dS into
+//             this task's slice of the table gradient, dq = scale * dS k, dk = scale * dS^T q.
+// Bias index: idx(p,q) = A(p) - L(q) with A(p) = (r_p + G-1)(2G-1) + c_p + G-1, L(q) = r_q (2G-1) + c_q.
+// Table-gradient slices (one per (b,h)) are summed over b in order: deterministic for any thread count.
+// fp16/bf16 inputs are computed in fp32 (P and the accumulators are fp32); fp64 in fp64.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "ops/rel_pos_attention.h"
+
+// BLAS (Fortran interface, 32-bit ints) as exported by libtorch_cpu (MKL or OpenBLAS). Weak: a torch
+// built without BLAS leaves them null and the op raises instead of failing to load.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
+
+namespace mdt {
+namespace {
+
+void check_blas() {
+  TORCH_CHECK(sgemm_ != nullptr && dgemm_ != nullptr,
+              "rel_pos_attention (cpu backend): this torch build exports no BLAS sgemm_/dgemm_; "
+              "use mdt_kernels.use_backend('reference')");
+}
+
+int as_int(int64_t v) {
+  TORCH_CHECK_VALUE(v <= std::numeric_limits<int>::max(), "rel_pos_attention: dimension ", v, " is too large");
+  return static_cast<int>(v);
+}
+
+void gemm_cm(char ta, char tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const int M = as_int(m), N = as_int(n), Kk = as_int(k), la = as_int(lda), lb = as_int(ldb), lc = as_int(ldc);
+  sgemm_(&ta, &tb, &M, &N, &Kk, &alpha, a, &la, b, &lb, &beta, c, &lc);
+}
+
+void gemm_cm(char ta, char tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+             const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  const int M = as_int(m), N = as_int(n), Kk = as_int(k), la = as_int(lda), lb = as_int(ldb), lc = as_int(ldc);
+  dgemm_(&ta, &tb, &M, &N, &Kk, &alpha, a, &la, b, &lb, &beta, c, &lc);
+}
+
+// Row-major C (M x N, row stride ldc) = alpha * op(A) op(B) + beta * C, op(A) M x Kd, op(B) Kd x N; A and B
+// are row-major with row strides lda, ldb (transposed when ta / tb). Row-major C is column-major C^T,
+// so this is the column-major product C^T = op(B)^T op(A)^T.
+template <typename T>
+void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T alpha, const T* A, int64_t lda, const T* B,
+             int64_t ldb, T beta, T* C, int64_t ldc) {
+  gemm_cm(tb ? 'T' : 'N', ta ? 'T' : 'N', N, M, Kd, alpha, B, ldb, A, lda, beta, C, ldc);
+}
+
+// exp(x) for x <= 0 (softmax after subtracting the row max), branch-free so the row loop vectorises:
+// 2^n * e^r with n = round(x / ln 2), |r| <= ln2 / 2, and Cephes' degree-6 polynomial for e^r (~1 ulp).
+inline float exp_nonpos(float x) {
+  x = std::max(x, -87.0f);  // below this e^x underflows to ~0 anyway; keeps 2^n a normal float
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+inline double exp_nonpos(double x) { return std::exp(x); }
+
+struct Offsets {
+  std::vector<int32_t> A, L;  // (B*K) row and column offsets into a head's table column
+};
+
+Offsets token_offsets(const at::Tensor& ids, int64_t G) {
+  Offsets o;
+  const int64_t n = ids.numel(), W = 2 * G - 1;
+  const int64_t* id = ids.const_data_ptr<int64_t>();
+  o.A.resize(n);
+  o.L.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = id[i] / G, c = id[i] % G;
+    o.A[i] = static_cast<int32_t>((r + G - 1) * W + c + G - 1);
+    o.L[i] = static_cast<int32_t>(r * W + c);
+  }
+  return o;
+}
+
+at::ScalarType compute_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// qkv in the compute dtype with a unit last stride (a copy only for fp16/bf16 or odd strides).
+at::Tensor compute_qkv(const at::Tensor& qkv) {
+  auto q = qkv.to(compute_dtype(qkv));
+  if (q.stride(4) != 1 || q.stride(3) != q.size(4) || q.stride(2) != q.size(3) * q.size(4)) q = q.contiguous();
+  return q;
+}
+
+template <typename T>
+void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const Offsets& off, T scale, at::Tensor& out,
+                    at::Tensor& probs) {
+  const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4), R = tableT.size(1);
+  const int64_t sB = qkv.stride(0), sK = qkv.stride(1), s3 = qkv.stride(2), sH = qkv.stride(3);
+  const T* base = qkv.const_data_ptr<T>();
+  const T* tab = tableT.const_data_ptr<T>();
+  T* o = out.data_ptr<T>();  // (B, K, H, Dh) contiguous
+  T* pr = probs.data_ptr<T>();
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const T* q = base + b * sB + h * sH;
+      const T* k = q + s3;
+      const T* v = q + 2 * s3;
+      T* P = pr + bh * K * K;
+      gemm_rm<T>(false, true, K, K, Dh, T(1), q, sK, k, sK, T(0), P, K);  // S = q k^T
+      const int32_t* A = off.A.data() + b * K;
+      const int32_t* L = off.L.data() + b * K;
+      const T* col = tab + h * R;
+      for (int64_t i = 0; i < K; ++i) {
+        T* __restrict__ s = P + i * K;
+        const T* __restrict__ ci = col + A[i];
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < K; ++j) {
+          const T x = s[j] * scale + ci[-L[j]];
+          s[j] = x;
+          mx = std::max(mx, x);
+        }
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < K; ++j) {
+          const T e = exp_nonpos(s[j] - mx);
+          s[j] = e;
+          sum += e;
+        }
+        const T inv = T(1) / sum;
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) s[j] *= inv;
+      }
+      gemm_rm<T>(false, false, K, Dh, K, T(1), P, K, v, sK, T(0), o + b * K * H * Dh + h * Dh, H * Dh);  // O = P v
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& probs, const Offsets& off,
+                     T scale, at::Tensor& dqkv, std::vector<T>& dtab) {
+  const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4);
+  const int64_t R = static_cast<int64_t>(dtab.size()) / (B * H);
+  const int64_t sB = qkv.stride(0), sK = qkv.stride(1), s3 = qkv.stride(2), sH = qkv.stride(3);
+  const int64_t gK = H * Dh;  // grad and dqkv are contiguous
+  const T* base = qkv.const_data_ptr<T>();
+  const T* g = grad.const_data_ptr<T>();
+  const T* pr = probs.const_data_ptr<T>();
+  T* d = dqkv.data_ptr<T>();  // (B, K, 3, H, Dh) contiguous
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> dP(static_cast<size_t>(K * K));
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const T* q = base + b * sB + h * sH;
+      const T* k = q + s3;
+      const T* v = q + 2 * s3;
+      const T* dO = g + b * K * gK + h * Dh;
+      T* dq = d + b * K * 3 * gK + h * Dh;
+      T* dk = dq + gK;
+      T* dv = dq + 2 * gK;
+      const T* P = pr + bh * K * K;
+      gemm_rm<T>(false, true, K, K, Dh, T(1), dO, gK, v, sK, T(0), dP.data(), K);  // dP = dO v^T
+      gemm_rm<T>(true, false, K, Dh, K, T(1), P, K, dO, gK, T(0), dv, 3 * gK);      // dv = P^T dO
+      const int32_t* A = off.A.data() + b * K;
+      const int32_t* L = off.L.data() + b * K;
+      T* acc = dtab.data() + bh * R;
+      for (int64_t i = 0; i < K; ++i) {
+        const T* __restrict__ p = P + i * K;
+        T* __restrict__ ds = dP.data() + i * K;
+        T delta = 0;
+#pragma omp simd reduction(+ : delta)
+        for (int64_t j = 0; j < K; ++j) delta += p[j] * ds[j];
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) ds[j] = p[j] * (ds[j] - delta);
+        T* ai = acc + A[i];
+        for (int64_t j = 0; j < K; ++j) ai[-L[j]] += ds[j];
+      }
+      gemm_rm<T>(false, false, K, Dh, K, scale, dP.data(), K, k, sK, T(0), dq, 3 * gK);  // dq = scale dS k
+      gemm_rm<T>(true, false, K, Dh, K, scale, dP.data(), K, q, sK, T(0), dk, 3 * gK);   // dk = scale dS^T q
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> rel_pos_attention_cpu(const at::Tensor& qkv_in, const at::Tensor& table,
+                                                         int64_t grid_size, const at::Tensor& ids_in, double scale) {
+  check_rel_pos_attention(qkv_in, table, grid_size, ids_in);
+  check_blas();
+  const auto ids = ids_in.contiguous();
+  check_ids_range_cpu(ids, grid_size * grid_size, "ids_keep");
+  const auto qkv = compute_qkv(qkv_in);
+  const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4);
+  auto out = at::empty({B, K, H, Dh}, qkv.options());
+  auto probs = at::empty({B, H, K, K}, qkv.options());
+  if (out.numel() > 0) {
+    const auto tableT = table.t().to(qkv.scalar_type()).contiguous();  // (H, R)
+    const auto off = token_offsets(ids, grid_size);
+    if (qkv.scalar_type() == at::kDouble)
+      forward_kernel<double>(qkv, tableT, off, scale, out, probs);
+    else
+      forward_kernel<float>(qkv, tableT, off, static_cast<float>(scale), out, probs);
+  }
+  return {out.to(qkv_in.scalar_type()), probs};
+}
+
+std::tuple<at::Tensor, at::Tensor> rel_pos_attention_backward_cpu(const at::Tensor& grad_in, const at::Tensor& qkv_in,
+                                                                  const at::Tensor& probs_in, const at::Tensor& ids_in,
+                                                                  int64_t grid_size, c10::SymInt num_rel,
+                                                                  double scale) {
+  const int64_t R = num_rel.expect_int();
+  check_rel_pos_attention_backward(grad_in, qkv_in, probs_in, ids_in, grid_size, R);
+  check_blas();
+  const auto ids = ids_in.contiguous();
+  check_ids_range_cpu(ids, grid_size * grid_size, "ids_keep");
+  const auto qkv = compute_qkv(qkv_in);
+  const auto ct = qkv.scalar_type();
+  TORCH_CHECK_TYPE(probs_in.scalar_type() == ct, "probs must be ", ct, ", got ", probs_in.scalar_type());
+  const auto probs = probs_in.contiguous();
+  const auto grad = grad_in.to(ct).contiguous();
+  const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4);
+  auto dqkv = at::empty({B, K, 3, H, Dh}, qkv.options());
+  auto d_table = at::zeros({R, H}, qkv.options());
+  if (dqkv.numel() > 0) {
+    const auto off = token_offsets(ids, grid_size);
+    AT_DISPATCH_FLOATING_TYPES(ct, "rel_pos_attention_backward_cpu", [&] {
+      std::vector<scalar_t> dtab(static_cast<size_t>(B * H * R), scalar_t(0));  // one slice per (b, h)
+      backward_kernel<scalar_t>(grad, qkv, probs, off, static_cast<scalar_t>(scale), dqkv, dtab);
+      auto dt = d_table.accessor<scalar_t, 2>();
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* s = dtab.data() + (b * H + h) * R;
+          for (int64_t r = 0; r < R; ++r) dt[r][h] += s[r];
+        }
+    });
+  }
+  return {dqkv.to(qkv_in.scalar_type()), d_table};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
+  m.impl("rel_pos_attention", &rel_pos_attention_cpu);
+  m.impl("rel_pos_attention_backward", &rel_pos_attention_backward_cpu);
+}
+
+}  // namespace mdt
