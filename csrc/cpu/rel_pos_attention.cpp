@@ -140,18 +140,17 @@ void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const Offse
         T* __restrict__ s = P + i * K;
         const T* __restrict__ ci = col + A[i];
         T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
         for (int64_t j = 0; j < K; ++j) {
           const T x = s[j] * scale + ci[-L[j]];
           s[j] = x;
           mx = std::max(mx, x);
         }
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) s[j] = exp_nonpos(s[j] - mx);
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < K; ++j) {
-          const T e = exp_nonpos(s[j] - mx);
-          s[j] = e;
-          sum += e;
-        }
+        for (int64_t j = 0; j < K; ++j) sum += s[j];
         const T inv = T(1) / sum;
 #pragma omp simd
         for (int64_t j = 0; j < K; ++j) s[j] *= inv;

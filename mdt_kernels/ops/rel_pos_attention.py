@@ -55,11 +55,14 @@ def _setup_context(ctx, inputs, output):
     qkv, table, grid_size, ids_keep, scale = inputs
     _, probs = output
     ctx.mark_non_differentiable(probs)
+    ctx.set_materialize_grads(False)  # else autograd fills a (B,H,K,K) zero gradient for probs every step
     ctx.save_for_backward(qkv, probs, ids_keep)
     ctx.grid_size, ctx.num_rel, ctx.scale, ctx.table_dtype = grid_size, table.shape[0], scale, table.dtype
 
 
 def _backward(backward_op, ctx, grad_out, _grad_probs):
+    if grad_out is None:  # out did not reach the loss
+        return None, None, None, None, None
     qkv, probs, ids_keep = ctx.saved_tensors
     d_qkv, d_table = backward_op(grad_out, qkv, probs, ids_keep, ctx.grid_size, ctx.num_rel, ctx.scale)
     return d_qkv, d_table.to(ctx.table_dtype), None, None, None
