@@ -7,9 +7,11 @@ MDT builds the bias tensor, splits and transposes q, k, v and runs attention on 
 the result back; eager CPU attention with a learned bias runs as separate matmul, add and softmax
 passes. The CPU kernel does one (b, h) block at a time in cache (BLAS for the four products, one pass
 for bias + softmax, one for the softmax backward and the table gradient) and reads and writes the
-(B, K, 3, H, Dh) / (B, K, H, Dh) layouts of the surrounding linear layers directly. There is no CUDA
-or Triton kernel yet: on GPUs MDT's attention runs in xformers / SDPA with the bias of
-``masked_rel_pos_bias``, and ``auto`` picks the reference there.
+(B, K, 3, H, Dh) / (B, K, H, Dh) layouts of the surrounding linear layers directly. The Triton twin
+does the same per (b, h, block of query rows), streaming over key blocks; it computes in fp32 (fp64 for
+fp64) rather than on fp16 tensor cores: written to be right, not tuned for speed. There is no CUDA
+kernel: on GPUs MDT's attention runs in xformers / SDPA with the bias of ``masked_rel_pos_bias``, and
+``auto`` picks the Triton kernel there.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks, _dispatch
+from .._triton import acc_dtype, block_size, cdiv, jit, next_power_of_2, tl
 from ._register import register_op
 from .masked_rel_pos_bias import masked_rel_pos_bias_ref
 
-KERNELS = ("reference", "cpu")
+KERNELS = ("reference", "cpu", "triton")
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -35,16 +38,195 @@ def rel_pos_attention_ref(qkv, table, grid_size, ids_keep=None, scale=None):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: fake kernels and autograd of the C++ op
+# Triton kernels. Forward: one program per (b, h, block of query rows), two passes over key blocks (row
+# max and softmax denominator online, then P, stored for backward, and O = P v), so any K fits in
+# registers. Backward: the same programs give delta = rowsum(P * dP), dS = P * (dP - delta), dq and the
+# table gradient (atomics); a second kernel, one program per (b, h, block of key rows), gives dk and dv
+# without atomics. fp16/bf16 are loaded as fp32 (fp64 stays fp64); "ieee" keeps fp32 dots off TF32.
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+@jit
+def _load_rows(ptr, rows, rmask, s_row, d, s_d, dmask, dtype):
+    """(rows, d) tile of a row-major matrix with strides (s_row, s_d), zero outside the masks, as dtype."""
+    return tl.load(ptr + rows[:, None] * s_row + d[None, :] * s_d, mask=rmask[:, None] & dmask[None, :],
+                   other=0.0).to(dtype)
+
+
+@jit
+def _rel_idx(pos_rows, ids_ptr, cols, cmask, G):
+    """Table rows idx(p_i, q_j) for query grid positions pos_rows and the grid positions of key columns cols."""
+    pos_cols = tl.load(ids_ptr + cols, mask=cmask, other=0)
+    dr = pos_rows[:, None] // G - pos_cols[None, :] // G
+    dc = pos_rows[:, None] % G - pos_cols[None, :] % G
+    return (dr + G - 1) * (2 * G - 1) + (dc + G - 1)
+
+
+@jit
+def _scores(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale):
+    """q k^T * scale + bias for one (query block, key block); columns past K are -inf."""
+    idx = _rel_idx(pos_rows, ids_ptr, cols, cmask, G)
+    bias = tl.load(table_ptr + idx * st_r + h * st_h, mask=cmask[None, :], other=0.0).to(q.dtype)
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias
+    return tl.where(cmask[None, :], s, float("-inf"))
+
+
+@jit
+def _attn_fwd_kernel(qkv_ptr, table_ptr, ids_ptr, scale_ptr, out_ptr, probs_ptr, H, K, Dh, G, s_b, s_k, s_3, s_h,
+                     s_d, st_r, st_h, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    b, h = bh // H, bh % H
+    acc = probs_ptr.dtype.element_ty
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < K
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < Dh
+    q_ptr = qkv_ptr + b * s_b + h * s_h
+    ids_ptr += b * K
+    scale = tl.load(scale_ptr)
+    q = _load_rows(q_ptr, rows, rmask, s_k, d, s_d, dmask, acc)
+    pos_rows = tl.load(ids_ptr + rows, mask=rmask, other=0)
+    m = tl.full((BLOCK_M,), float("-inf"), acc)
+    den = tl.zeros((BLOCK_M,), acc)
+    for n0 in range(0, K, BLOCK_N):  # every key block has a column < K, so m is finite after the first
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cmask = cols < K
+        k = _load_rows(q_ptr + s_3, cols, cmask, s_k, d, s_d, dmask, acc)
+        s = _scores(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        den = den * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
+        m = m_new
+    o = tl.zeros((BLOCK_M, BLOCK_D), acc)
+    p_row = probs_ptr + bh * K * K + rows[:, None] * K
+    for n0 in range(0, K, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cmask = cols < K
+        k = _load_rows(q_ptr + s_3, cols, cmask, s_k, d, s_d, dmask, acc)
+        s = _scores(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale)
+        p = tl.exp(s - m[:, None]) / den[:, None]
+        tl.store(p_row + cols[None, :], p, mask=rmask[:, None] & cmask[None, :])
+        v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
+        o += tl.dot(p, v, input_precision="ieee")
+    out = out_ptr + ((b * K + rows[:, None]) * H + h) * Dh + d[None, :]  # (B, K, H, Dh) contiguous
+    tl.store(out, o.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+
+
+@jit
+def _attn_bwd_dq_kernel(g_ptr, qkv_ptr, probs_ptr, ids_ptr, scale_ptr, dqkv_ptr, dtable_ptr, delta_ptr, H, K, Dh, G,
+                        s_b, s_k, s_3, s_h, s_d, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_D: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    b, h = bh // H, bh % H
+    acc = probs_ptr.dtype.element_ty
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < K
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < Dh
+    q_ptr = qkv_ptr + b * s_b + h * s_h
+    ids_ptr += b * K
+    pos_rows = tl.load(ids_ptr + rows, mask=rmask, other=0)
+    do = _load_rows(g_ptr + b * K * H * Dh + h * Dh, rows, rmask, H * Dh, d, 1, dmask, acc)  # grad (B, K, H, Dh)
+    p_row = probs_ptr + bh * K * K + rows[:, None] * K
+    delta = tl.zeros((BLOCK_M,), acc)
+    for n0 in range(0, K, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cmask = cols < K
+        v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
+        p = tl.load(p_row + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+        delta += tl.sum(p * tl.dot(do, tl.trans(v), input_precision="ieee"), 1)
+    tl.store(delta_ptr + bh * K + rows, delta, mask=rmask)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), acc)
+    for n0 in range(0, K, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        cmask = cols < K
+        k = _load_rows(q_ptr + s_3, cols, cmask, s_k, d, s_d, dmask, acc)
+        v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
+        p = tl.load(p_row + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+        ds = p * (tl.dot(do, tl.trans(v), input_precision="ieee") - delta[:, None])
+        # dtable is zeroed fp32 (fp64 for fp64); atomics accumulate (order, and so last bits, vary on GPU).
+        idx = _rel_idx(pos_rows, ids_ptr, cols, cmask, G)
+        tl.atomic_add(dtable_ptr + idx * H + h, ds, mask=rmask[:, None] & cmask[None, :])
+        dq += tl.dot(ds, k, input_precision="ieee")
+    dq_ptr = dqkv_ptr + ((b * K + rows[:, None]) * 3 * H + h) * Dh + d[None, :]  # (B, K, 3, H, Dh) contiguous
+    tl.store(dq_ptr, (dq * tl.load(scale_ptr)).to(dqkv_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+
+
+@jit
+def _attn_bwd_dkv_kernel(g_ptr, qkv_ptr, probs_ptr, scale_ptr, dqkv_ptr, delta_ptr, H, K, Dh, s_b, s_k, s_3, s_h, s_d,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    b, h = bh // H, bh % H
+    acc = probs_ptr.dtype.element_ty
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < K
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < Dh
+    q_ptr = qkv_ptr + b * s_b + h * s_h
+    v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), acc)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), acc)
+    for m0 in range(0, K, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        rmask = rows < K
+        q = _load_rows(q_ptr, rows, rmask, s_k, d, s_d, dmask, acc)
+        do = _load_rows(g_ptr + b * K * H * Dh + h * Dh, rows, rmask, H * Dh, d, 1, dmask, acc)
+        delta = tl.load(delta_ptr + bh * K + rows, mask=rmask, other=0.0)
+        p_t = tl.load(probs_ptr + bh * K * K + rows[None, :] * K + cols[:, None], mask=cmask[:, None] & rmask[None, :],
+                      other=0.0)  # P^T, (key, query)
+        ds_t = p_t * (tl.dot(v, tl.trans(do), input_precision="ieee") - delta[None, :])
+        dk += tl.dot(ds_t, q, input_precision="ieee")
+        dv += tl.dot(p_t, do, input_precision="ieee")
+    dk_ptr = dqkv_ptr + ((b * K + cols[:, None]) * 3 * H + H + h) * Dh + d[None, :]
+    m2 = cmask[:, None] & dmask[None, :]
+    tl.store(dk_ptr, (dk * tl.load(scale_ptr)).to(dqkv_ptr.dtype.element_ty), mask=m2)
+    tl.store(dk_ptr + H * Dh, dv.to(dqkv_ptr.dtype.element_ty), mask=m2)
+
+
+def _blocks(K: int, Dh: int) -> dict:
+    return dict(BLOCK_M=block_size(K, 32), BLOCK_N=block_size(K, 64), BLOCK_D=max(16, next_power_of_2(Dh)))
+
+
+@torch.library.custom_op("mdt_kernels::rel_pos_attention_triton", mutates_args=())
+def rel_pos_attention_triton(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, ids_keep: torch.Tensor,
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = ids_keep.contiguous()
+    B, K, _, H, Dh = qkv.shape
+    acc = acc_dtype(qkv.dtype)
+    out = qkv.new_empty((B, K, H, Dh))
+    probs = qkv.new_empty((B, H, K, K), dtype=acc)
+    if out.numel() > 0:
+        blocks = _blocks(K, Dh)
+        scale_t = torch.full((), scale, dtype=acc, device=qkv.device)  # a float argument would be fp32
+        _attn_fwd_kernel[(B * H, cdiv(K, blocks["BLOCK_M"]))](
+            qkv, table, ids, scale_t, out, probs, H, K, Dh, grid_size, *qkv.stride(), *table.stride(), **blocks)
+    return out, probs
+
+
+@torch.library.custom_op("mdt_kernels::rel_pos_attention_backward_triton", mutates_args=())
+def rel_pos_attention_backward_triton(grad_out: torch.Tensor, qkv: torch.Tensor, probs: torch.Tensor,
+                                      ids_keep: torch.Tensor, grid_size: int, num_rel: int,
+                                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    grad, probs, ids = grad_out.contiguous(), probs.contiguous(), ids_keep.contiguous()
+    B, K, _, H, Dh = qkv.shape
+    d_qkv = qkv.new_empty((B, K, 3, H, Dh))
+    d_table = probs.new_zeros((num_rel, H))
+    if d_qkv.numel() > 0:
+        blocks = _blocks(K, Dh)
+        scale_t = torch.full((), scale, dtype=probs.dtype, device=qkv.device)
+        delta = probs.new_empty((B, H, K))
+        _attn_bwd_dq_kernel[(B * H, cdiv(K, blocks["BLOCK_M"]))](
+            grad, qkv, probs, ids, scale_t, d_qkv, d_table, delta, H, K, Dh, grid_size, *qkv.stride(), **blocks)
+        _attn_bwd_dkv_kernel[(B * H, cdiv(K, blocks["BLOCK_N"]))](
+            grad, qkv, probs, scale_t, d_qkv, delta, H, K, Dh, *qkv.stride(), **blocks)
+    return d_qkv, d_table
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registration: fake kernels and autograd, shared by the C++ op and its Triton twin
 
 
 def _fake_forward(qkv, table, grid_size, ids_keep, scale):
     B, K, _, H, Dh = qkv.shape
-    return qkv.new_empty((B, K, H, Dh)), qkv.new_empty((B, H, K, K), dtype=_acc(qkv.dtype))
+    return qkv.new_empty((B, K, H, Dh)), qkv.new_empty((B, H, K, K), dtype=acc_dtype(qkv.dtype))
 
 
 def _fake_backward(grad_out, qkv, probs, ids_keep, grid_size, num_rel, scale):
@@ -69,7 +251,14 @@ def _backward(backward_op, ctx, grad_out, _grad_probs):
 
 
 register_op("rel_pos_attention", fake_forward=_fake_forward, fake_backward=_fake_backward,
-            setup_context=_setup_context, backward=_backward, triton=False)
+            setup_context=_setup_context, backward=_backward)
+
+
+def _compiled(qkv, table, grid_size, ids_keep, scale):
+    return torch.ops.mdt_kernels.rel_pos_attention(qkv, table, grid_size, ids_keep, scale)
+
+
+IMPLS = {"cpu": _compiled, "triton": rel_pos_attention_triton}
 
 # ---------------------------------------------------------------------------------------------------
 # Public function
@@ -127,5 +316,5 @@ def rel_pos_attention(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, id
         return rel_pos_attention_ref(qkv, table, grid_size, ids_keep, float(scale))
     if ids_keep is None:  # the full grid is the all-tokens-kept case of the same kernel
         ids_keep = torch.arange(K, device=qkv.device).expand(B, K)
-    out, _ = torch.ops.mdt_kernels.rel_pos_attention(qkv, table, grid_size, ids_keep, float(scale))
+    out, _ = IMPLS[backend](qkv, table, grid_size, ids_keep, float(scale))
     return out
