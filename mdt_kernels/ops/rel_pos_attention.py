@@ -10,8 +10,8 @@ for bias + softmax, one for the softmax backward and the table gradient) and rea
 (B, K, 3, H, Dh) / (B, K, H, Dh) layouts of the surrounding linear layers directly. The Triton twin
 does the same per (b, h, block of query rows), streaming over key blocks; it computes in fp32 (fp64 for
 fp64) rather than on fp16 tensor cores: written to be right, not tuned for speed. There is no CUDA
-kernel: on GPUs MDT's attention runs in xformers / SDPA with the bias of ``masked_rel_pos_bias``, and
-``auto`` picks the Triton kernel there.
+kernel: on GPUs the model's ``auto`` attention stays xformers / SDPA with the bias of
+``masked_rel_pos_bias``; a direct call on CUDA tensors under ``auto`` runs the Triton kernel.
 """
 
 from __future__ import annotations
