@@ -96,9 +96,11 @@ def display_name(name: str) -> str:
 def category(name: str, ancestors: list[str]) -> str:
     if any(n.startswith("Optimizer.") or n == "aten::_foreach_lerp_" for n in [name, *ancestors]):
         return "optimizer + EMA"  # Adan's zero_grad and step (torch.optim annotates them), and the EMA lerp
+    op = base_op(name)
+    if name.startswith("aten::") and op in MATMUL:
+        return "matmul / attention"  # also ATen's GEMMs inside mdt_kernels ops (linear_gelu)
     if any("mdt_kernels" in n for n in [name, *ancestors]):
         return "mdt_kernels ops"  # also what runs inside them, and their autograd wrappers
-    op = base_op(name)
     if op in MATMUL or "attention" in op:
         return "matmul / attention"
     if name.startswith("aten::") and op in ELEMENTWISE:

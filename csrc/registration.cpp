@@ -32,6 +32,11 @@ TORCH_LIBRARY(mdt_kernels, m) {
   m.def("rel_pos_attention(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> (Tensor, Tensor)");
   // -> (d_qkv (B,K,3,H,Dh) in qkv's dtype, d_table (num_rel, H) in P's dtype)
   m.def("rel_pos_attention_backward(Tensor grad_out, Tensor qkv, Tensor probs, Tensor ids_keep, int grid_size, SymInt num_rel, float scale) -> (Tensor, Tensor)");
+  // y = GELU_tanh(x W^T + b) for x (..., Din), W (Dout, Din), b (Dout); also returns h = x W^T as
+  // (rows of x, Dout), saved for the backward.
+  m.def("linear_gelu(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)");
+  // -> (dx, dweight, dbias)
+  m.def("linear_gelu_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor h) -> (Tensor, Tensor, Tensor)");
   // out = LayerNorm_no_affine(x) * (1 + scale[:,None]) + shift[:,None]; x (B,N,D), shift/scale (B,D) any strides.
   // Also returns the per-row mean and rstd (B,N) in fp32 (fp64 for fp64 x), saved for the backward.
   m.def("adaln_modulate(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");

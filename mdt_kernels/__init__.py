@@ -9,6 +9,7 @@ from .ops.adaln_modulate import adaln_modulate
 from .ops.adan import adan_step
 from .ops.gated_residual import gated_residual
 from .ops.gather_tokens import gather_tokens
+from .ops.linear_gelu import linear_gelu
 from .ops.masked_rel_pos_bias import masked_rel_pos_bias
 from .ops.rel_pos_attention import rel_pos_attention
 from .ops.residual_adaln_modulate import residual_adaln_modulate
@@ -23,6 +24,7 @@ __all__ = [
     "gated_residual",
     "gather_tokens",
     "get_backend",
+    "linear_gelu",
     "masked_rel_pos_bias",
     "rel_pos_attention",
     "residual_adaln_modulate",

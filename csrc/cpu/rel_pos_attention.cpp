@@ -17,10 +17,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "fast_math.h"
 #include "ops/rel_pos_attention.h"
 
 // BLAS (Fortran interface, 32-bit ints) as exported by libtorch_cpu (MKL or OpenBLAS). Weak: a torch
@@ -69,25 +69,6 @@ void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T alpha, const 
   gemm_cm(tb ? 'T' : 'N', ta ? 'T' : 'N', N, M, Kd, alpha, B, ldb, A, lda, beta, C, ldc);
 }
 
-// exp(x) for x <= 0 (softmax after subtracting the row max), branch-free so the row loop vectorises:
-// 2^n * e^r with n = round(x / ln 2), |r| <= ln2 / 2, and Cephes' degree-6 polynomial for e^r (~1 ulp).
-inline float exp_nonpos(float x) {
-  x = std::max(x, -87.0f);  // below this e^x underflows to ~0 anyway; keeps 2^n a normal float
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-inline double exp_nonpos(double x) { return std::exp(x); }
 
 struct Offsets {
   std::vector<int32_t> A, L;  // (B*K) row and column offsets into a head's table column
@@ -147,7 +128,7 @@ void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const Offse
           mx = std::max(mx, x);
         }
 #pragma omp simd
-        for (int64_t j = 0; j < K; ++j) s[j] = exp_nonpos(s[j] - mx);
+        for (int64_t j = 0; j < K; ++j) s[j] = fast::exp(s[j] - mx);
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < K; ++j) sum += s[j];

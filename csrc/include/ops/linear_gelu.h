@@ -1,0 +1,40 @@
+// Shape/dtype/device checks of linear_gelu, shared by its kernels.
+#pragma once
+#include "mdt_checks.h"
+
+namespace mdt {
+
+// x (..., Din), weight (Dout, Din), bias (Dout,), one float dtype, one device.
+inline void check_linear_gelu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  TORCH_CHECK_VALUE(x.dim() >= 1, "x must have at least 1 dimension (..., Din), got shape ", x.sizes());
+  MDT_CHECK_DIM(weight, 2);
+  MDT_CHECK_DIM(bias, 1);
+  MDT_CHECK_FLOAT(x);
+  MDT_CHECK_SAME_DTYPE(x, weight);
+  MDT_CHECK_SAME_DTYPE(x, bias);
+  MDT_CHECK_SAME_DEVICE(x, weight);
+  MDT_CHECK_SAME_DEVICE(x, bias);
+  TORCH_CHECK_VALUE(weight.size(1) == x.size(-1), "weight has shape ", weight.sizes(), " but x has ", x.size(-1),
+                    " input features");
+  TORCH_CHECK_VALUE(bias.size(0) == weight.size(0), "bias has ", bias.size(0), " elements but weight has ",
+                    weight.size(0), " output features");
+}
+
+inline void check_linear_gelu_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                       const at::Tensor& bias, const at::Tensor& h) {
+  check_linear_gelu(x, weight, bias);
+  MDT_CHECK_SAME_DTYPE(x, grad);
+  MDT_CHECK_SAME_DTYPE(x, h);
+  MDT_CHECK_SAME_DEVICE(x, grad);
+  MDT_CHECK_SAME_DEVICE(x, h);
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = weight.size(0);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(out_shape), "grad shape ", grad.sizes(), " does not match ",
+                    at::IntArrayRef(out_shape));
+  int64_t M = 1;
+  for (int64_t i = 0; i + 1 < x.dim(); ++i) M *= x.size(i);
+  TORCH_CHECK_VALUE(h.dim() == 2 && h.size(0) == M && h.size(1) == weight.size(0),
+                    "h must have shape (rows of x, Dout), got ", h.sizes());
+}
+
+}  // namespace mdt
