@@ -129,6 +129,21 @@ IMPLS = {"cpu": _compiled, "cuda": _compiled, "triton": masked_rel_pos_bias_trit
 # Public function
 
 
+def check_table(table, grid_size) -> None:
+    """table is a float (R, H) tensor with R >= (2G-1)^2 rows for grid_size G >= 1 (also rel_pos_attention's)."""
+    _checks.check_tensor("table", table, 2, "(R, H)")
+    _checks.check_float("table", table)
+    if isinstance(grid_size, bool) or not isinstance(grid_size, (int, torch.SymInt)):
+        raise TypeError(f"grid_size must be an int, got {type(grid_size).__name__}")
+    if grid_size < 1:
+        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+    need = (2 * grid_size - 1) ** 2
+    if table.shape[0] < need:
+        raise ValueError(
+            f"table has {table.shape[0]} rows, fewer than (2*grid_size-1)^2 = {need} needed for grid_size {grid_size}"
+        )
+
+
 def masked_rel_pos_bias(table: torch.Tensor, grid_size: int, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
     """Relative-position bias of a G x G token grid, for all tokens or for each sample's kept tokens.
 
@@ -141,17 +156,7 @@ def masked_rel_pos_bias(table: torch.Tensor, grid_size: int, ids_keep: torch.Ten
         (H, N, N) with N = G*G when ids_keep is None, else (B, H, K, K) with
         ``out[b, h, i, j] = table[idx(ids_keep[b, i], ids_keep[b, j]), h]``. Differentiable in table.
     """
-    _checks.check_tensor("table", table, 2, "(R, H)")
-    _checks.check_float("table", table)
-    if isinstance(grid_size, bool) or not isinstance(grid_size, (int, torch.SymInt)):
-        raise TypeError(f"grid_size must be an int, got {type(grid_size).__name__}")
-    if grid_size < 1:
-        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
-    need = (2 * grid_size - 1) ** 2
-    if table.shape[0] < need:
-        raise ValueError(
-            f"table has {table.shape[0]} rows, fewer than (2*grid_size-1)^2 = {need} needed for grid_size {grid_size}"
-        )
+    check_table(table, grid_size)
     ids_arg = ids_keep if isinstance(ids_keep, torch.Tensor) else None
     _checks.check_same("device", table=table, ids_keep=ids_arg)
     backend = _dispatch.resolve("masked_rel_pos_bias", table.device)

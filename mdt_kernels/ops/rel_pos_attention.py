@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, next_power_of_2, tl
 from ._register import register_op
-from .masked_rel_pos_bias import masked_rel_pos_bias_ref
+from .masked_rel_pos_bias import check_table, masked_rel_pos_bias_ref
 
 KERNELS = ("reference", "cpu", "triton")
 
@@ -282,22 +282,12 @@ def rel_pos_attention(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, id
     """
     _checks.check_tensor("qkv", qkv, 5, "(B, K, 3, H, Dh)")
     _checks.check_float("qkv", qkv)
-    _checks.check_tensor("table", table, 2, "(R, H)")
-    _checks.check_float("table", table)
     B, K, three, H, Dh = qkv.shape
     if three != 3:
         raise ValueError(f"qkv must have shape (B, K, 3, H, Dh), got {tuple(qkv.shape)}")
+    check_table(table, grid_size)
     if table.shape[1] != H:
         raise ValueError(f"table has {table.shape[1]} heads but qkv has {H}")
-    if isinstance(grid_size, bool) or not isinstance(grid_size, (int, torch.SymInt)):
-        raise TypeError(f"grid_size must be an int, got {type(grid_size).__name__}")
-    if grid_size < 1:
-        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
-    need = (2 * grid_size - 1) ** 2
-    if table.shape[0] < need:
-        raise ValueError(
-            f"table has {table.shape[0]} rows, fewer than (2*grid_size-1)^2 = {need} needed for grid_size {grid_size}"
-        )
     if scale is None:
         scale = Dh**-0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
