@@ -5,9 +5,11 @@ GELU as a separate pass, and in backward gelu_backward plus another pass summing
 The kernels keep the GEMMs (ATen's, on the inputs' dtype) and fuse the rest: h = x W^T; one pass
 y = GELU(h + b); backward one pass dh = g * GELU'(h + b) that also sums db, then dx = dh W, dW = dh^T x.
 h (without b) is saved for the backward in place of the GELU input PyTorch saves. The CPU kernel
-evaluates tanh with a vectorised exp; db is summed in a fixed order (deterministic). Under autocast the
-inputs are cast as autocast casts F.linear's. There is no CUDA kernel: on CUDA ``auto`` runs the Triton
-one (the model's MLP takes this op only where a fused kernel runs, see mdt.models.Mlp).
+evaluates tanh with a vectorised exp, the CUDA kernel (csrc/cuda/linear_gelu_kernels.cu) runs the two
+passes on 16-byte packs; both sum db in a fixed order (deterministic). Under autocast the inputs are
+cast as autocast casts F.linear's. On CUDA ``auto`` runs the CUDA kernel when the extension was built
+with it, else the Triton one (the model's MLP takes this op only where a fused kernel runs, see
+mdt.models.Mlp).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .. import _checks, _dispatch
 from .._triton import block_size, cdiv, jit, tl
 from ._register import register_op
 
-KERNELS = ("reference", "cpu", "triton")
+KERNELS = ("reference", "cpu", "triton", "cuda")
 GELU_K0 = 0.7978845608028654  # sqrt(2 / pi)
 GELU_K1 = 0.044715
 
@@ -155,7 +157,7 @@ def _triton(x, weight, bias):
     return linear_gelu_triton(x, weight, bias)[0]
 
 
-IMPLS = {"reference": linear_gelu_ref, "cpu": _compiled, "triton": _triton}
+IMPLS = {"reference": linear_gelu_ref, "cpu": _compiled, "cuda": _compiled, "triton": _triton}
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

@@ -1,0 +1,74 @@
+// torch binding of the linear_gelu CUDA kernels (built only against a CUDA torch). The GEMMs are ATen's
+// (cuBLAS, on the inputs' dtype): h = x W^T; backward dx = dh W, dW = dh^T x. Shapes, saved h and
+// results as in the CPU kernel (csrc/cpu/linear_gelu.cpp).
+#include <torch/library.h>
+
+#include "linear_gelu_kernels.h"
+#include "mdt_cuda_binding.h"
+#include "ops/adaln.h"
+#include "ops/linear_gelu.h"
+
+namespace mdt {
+namespace {
+
+// t (..., D) as a contiguous (rows, D) matrix.
+at::Tensor rows_of(const at::Tensor& t) {
+  int64_t rows = 1;
+  for (int64_t i = 0; i + 1 < t.dim(); ++i) rows *= t.size(i);
+  return t.reshape({rows, t.size(-1)}).contiguous();
+}
+
+// -> (y (..., Dout), h (rows, Dout))
+std::tuple<at::Tensor, at::Tensor> linear_gelu_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                    const at::Tensor& bias) {
+  check_linear_gelu(x, weight, bias);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto h = at::mm(rows_of(x), weight.t()).contiguous();  // (M, Dout); contiguous already
+  const auto b = bias.contiguous();
+  const int64_t M = h.size(0), D = h.size(1);
+  auto y = at::empty({M, D}, h.options());
+  if (h.numel() > 0) {
+    check_launch(launch_linear_gelu_fwd(dtype_code(h), h.const_data_ptr(), b.const_data_ptr(), y.data_ptr(), M, D,
+                                        current_stream()),
+                 "linear_gelu");
+  }
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = weight.size(0);
+  return {y.view(out_shape), h};
+}
+
+// -> (dx, dweight, dbias)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                                         const at::Tensor& weight,
+                                                                         const at::Tensor& bias, const at::Tensor& h) {
+  check_linear_gelu_backward(grad, x, weight, bias, h);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto x2 = rows_of(x);
+  const auto g = rows_of(grad);
+  const auto hc = h.contiguous();
+  const auto b = bias.contiguous();
+  const int64_t M = hc.size(0), D = hc.size(1);
+  auto dh = at::empty({M, D}, hc.options());
+  at::Tensor db;
+  if (hc.numel() > 0) {
+    db = at::empty({D}, b.options());
+    auto work = at::empty({linear_gelu_bwd_workspace(M, D)}, hc.options().dtype(adaln::acc_dtype(hc)));
+    check_launch(launch_linear_gelu_bwd(dtype_code(hc), g.const_data_ptr(), hc.const_data_ptr(), b.const_data_ptr(),
+                                        dh.data_ptr(), db.data_ptr(), work.data_ptr(), M, D, current_stream()),
+                 "linear_gelu_backward");
+  } else {
+    db = at::zeros({D}, b.options());  // no rows (or no columns): nothing to sum
+  }
+  const auto dx = at::mm(dh, weight).view(x.sizes());
+  const auto dw = at::mm(dh.t(), x2);
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) {
+  m.impl("linear_gelu", &linear_gelu_cuda);
+  m.impl("linear_gelu_backward", &linear_gelu_backward_cuda);
+}
+
+}  // namespace mdt
