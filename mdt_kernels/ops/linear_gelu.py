@@ -168,8 +168,8 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 
     Args:
         x: (..., Din) float32/float16/bfloat16/float64.
-        weight: (Dout, Din) and bias: (Dout,), x's dtype (under autocast all three are cast to the
-            autocast dtype, as for F.linear) and device.
+        weight: (Dout, Din) and bias: (Dout,), x's dtype (under autocast the three are cast to the
+            autocast dtype, float64 ones excepted, as F.linear's are) and device.
     Returns:
         (..., Dout) in x's dtype. Differentiable in x, weight and bias.
     """
@@ -186,11 +186,14 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     if bias.shape[0] != weight.shape[0]:
         raise ValueError(f"bias has {bias.shape[0]} elements but weight has {weight.shape[0]} output features")
     _checks.check_same("device", x=x, weight=weight, bias=bias)
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if not autocast:  # before dispatch, so that the reference raises the same TypeError
+        _checks.check_same("dtype", x=x, weight=weight, bias=bias)
     backend = _dispatch.resolve("linear_gelu", x.device, KERNELS)
     if backend == "reference":
         return linear_gelu_ref(x, weight, bias)
-    if torch.is_autocast_enabled(x.device.type):  # custom ops see no autocast: cast as it would for F.linear
+    if autocast:  # custom ops see no autocast: cast as it would for F.linear (which leaves float64 alone)
         dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        x, weight, bias = (t if t.dtype == torch.float64 else t.to(dtype) for t in (x, weight, bias))
     _checks.check_same("dtype", x=x, weight=weight, bias=bias)
     return IMPLS[backend](x, weight, bias)
