@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import mdt_kernels as mk
 from mdt_kernels.ops.linear_gelu import linear_gelu_ref
 
-PAIRS = backend_device_pairs(("cpu", "triton"))  # no CUDA kernel yet: add "cuda" here when there is one
+PAIRS = backend_device_pairs(("cpu", "cuda", "triton"))
 ALL_DTYPES = {**DTYPES, "f64": torch.float64}
 NAMES = ("y", "dx", "dweight", "dbias")
 
@@ -213,7 +213,7 @@ def test_property(backend, device):
     prop()
 
 
-@pytest.mark.parametrize("backend,device", backend_device_pairs(("reference", "cpu", "triton")))
+@pytest.mark.parametrize("backend,device", backend_device_pairs(("reference", "cpu", "cuda", "triton")))
 def test_gradcheck(backend, device):
     (x, w, b), _ = make((2, 3, 4), 5, torch.float64, device, scale=2.0)
     leaves = [t.requires_grad_() for t in (x, w, b)]
