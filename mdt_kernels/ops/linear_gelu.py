@@ -14,6 +14,8 @@ mdt.models.Mlp).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -122,7 +124,7 @@ def linear_gelu_backward_triton(grad: torch.Tensor, x: torch.Tensor, weight: tor
 
 
 def _fake_forward(x, weight, bias):
-    M = x.shape[:-1].numel()
+    M = math.prod(x.shape[:-1])  # not Size.numel(): that would specialise a symbolic token count
     return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty((M, weight.shape[0]))
 
 

@@ -218,3 +218,18 @@ def test_dispatcher_uses_the_ops_kernel_set():
         assert mk._dispatch.resolve("rel_pos_attention", cpu, KERNELS) == "triton"
         with pytest.raises(mk.BackendError, match="has no triton kernel"):
             mk._dispatch.resolve("rel_pos_attention", cpu, ("reference", "cpu"))
+
+
+@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
+def test_compile_does_not_specialise_the_kept_count():
+    # MDT's masked pass keeps a different number of tokens every step: one recompile, then a dynamic graph.
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    f = torch.compile(lambda qkv, table, ids: mk.rel_pos_attention(qkv, table, 4, ids), backend=counter)
+    with mk.use_backend("cpu"):
+        for k in (9, 8, 7, 6):
+            qkv, table, ids = make(4, 2, 2, k, 8, torch.float32, "cpu")
+            f(qkv, table, ids)
+    assert counter.frame_count <= 2
