@@ -15,7 +15,9 @@ trainer's loss bookkeeping, logging and checkpoints.
   unfused   use_backend("reference") and Adan(fused=False): the plain PyTorch path (`mdt train --no-fused`).
   compiled  torch.compile(Objective), as `mdt train --compile` (its backward too; Adan and EMA stay eager).
 Each configuration builds a fresh model, runs --warmup steps (the first one compiles; its time is
-reported), then --iters steps, synchronising the device after each; ms/step is their median.
+reported), then --iters steps, synchronising the device after each; ms/step is their median. With
+--rounds R each configuration runs R times, alternating fused and unfused, and ms/step is the median over
+all R * iters steps: on a shared machine whose speed drifts, the speedup is then measured fairly.
 
 A benchmark that times a broken step is worthless, so fused and unfused must agree (a WARNING in the
 output and the table says when they do not): first, for each model, on the loss and the gradients of one
@@ -237,7 +239,7 @@ def profile_steps(step, device: torch.device, steps: int) -> dict:
                 mdt_kernels_ops=sorted({o["name"] for o in ops_list if o["name"].startswith("mdt_kernels::")}))
 
 
-def run_config(name: str, mode: str, compiled: bool, args, device: torch.device) -> dict:
+def run_config(name: str, mode: str, compiled: bool, args, device: torch.device, profile: bool = False) -> dict:
     release_memory(device)
     if compiled:
         torch._dynamo.reset()  # a fresh compile per configuration (and no recompile limit across them)
@@ -268,7 +270,7 @@ def run_config(name: str, mode: str, compiled: bool, args, device: torch.device)
             with PeakRSS() as rss:
                 step()
             peak = rss.peak - base
-        prof = profile_steps(step, device, args.profile_steps) if args.profile else None
+        prof = profile_steps(step, device, args.profile_steps) if profile else None
     del step, model
     row = dict(model=name, params=n_params, mode=mode, compiled=compiled, ms=statistics.median(times),
                ms_min=min(times), times_ms=times, first_step_s=first_s, peak_mb=peak / 2**20, loss_first=loss_first,
@@ -278,6 +280,18 @@ def run_config(name: str, mode: str, compiled: bool, args, device: torch.device)
     print(f"  {name} {mode:7s} {'compiled' if compiled else 'eager':8s}: {row['ms']:9.2f} ms/step (min "
           f"{row['ms_min']:.2f}), first step {first_s:.2f} s, peak {row['peak_mb']:.0f} MB, "
           f"loss {loss_first:.5f} -> {loss_last:.5f}", flush=True)
+    return row
+
+
+def merge_rounds(runs: list[dict]) -> dict:
+    """One row from the rounds of a configuration: the median and minimum over all their timed steps."""
+    row = dict(runs[0])
+    times = [t for r in runs for t in r["times_ms"]]
+    row.update(ms=statistics.median(times), ms_min=min(times), times_ms=times, rounds=len(runs),
+               round_ms=[r["ms"] for r in runs], peak_mb=max(r["peak_mb"] for r in runs))
+    for r in runs:
+        if "profile" in r:
+            row["profile"] = r["profile"]
     return row
 
 
@@ -315,7 +329,10 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"torch {meta['torch']}, {meta['threads']} threads, commit {meta['commit']}, {meta['date']}, load average "
         f"at start {meta['load_avg']}. One `mdt train` step (t ~ U, Objective, backward, Adan, EMA) on a batch of "
         f"{c['batch']} latents {c['in_channels']}x{c['input_size']}x{c['input_size']}, {c['num_classes']} classes; "
-        f"median of {c['iters']} steps after {c['warmup']} warm-up steps. fused: mdt_kernels (auto) + fused Adan; "
+        f"median of {c['iters']} steps after {c['warmup']} warm-up steps"
+        + (f", in each of {c['rounds']} rounds that alternate fused and unfused (median over all "
+           f"{c['rounds'] * c['iters']} steps; ms/step per round in the JSON)" if c.get("rounds", 1) > 1 else "")
+        + ". fused: mdt_kernels (auto) + fused Adan; "
         "unfused: the PyTorch reference + foreach Adan. First step: its seconds (compiles). Peak: "
         f"{meta['memory']}.",
         "",
@@ -364,7 +381,9 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (at least 1; compiled: 3 or more)")
-    p.add_argument("--iters", type=int, default=10, help="timed steps")
+    p.add_argument("--iters", type=int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="runs of each configuration, alternating fused and unfused (a fresh model each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args(argv)
@@ -373,8 +392,8 @@ def main(argv=None) -> None:
         p.error(f"unknown model {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: this torch has no usable GPU (torch.cuda.is_available() is False)")
-    if args.warmup < 1 or args.iters < 1 or args.profile_steps < 1:
-        p.error("--warmup, --iters and --profile-steps must be at least 1")
+    if min(args.warmup, args.iters, args.rounds, args.profile_steps) < 1:
+        p.error("--warmup, --iters, --rounds and --profile-steps must be at least 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -389,7 +408,7 @@ def main(argv=None) -> None:
         memory = ("peak resident set size during one extra step (sampled every ms), minus the RSS before the model was "
                   "built; includes allocator caches, and on compiled rows the compiler's own memory")
     config = {k: getattr(args, k) for k in ("models", "batch", "modes", "compile", "input_size", "in_channels",
-                                             "num_classes", "warmup", "iters", "seed", "profile_steps")}
+                                             "num_classes", "warmup", "iters", "rounds", "seed", "profile_steps")}
     meta = dict(device=device_name(device), device_type=device.type, dtype=args.precision,
                 threads=torch.get_num_threads(), torch=torch.__version__, commit=git_sha(),
                 date=datetime.date.today().isoformat(), load_avg=round(load, 2), memory=memory, config=config,
@@ -404,8 +423,14 @@ def main(argv=None) -> None:
     rows = []
     for name in args.models:
         for compiled in COMPILE[args.compile]:
-            for mode in args.modes:
-                rows.append(run_config(name, mode, compiled, args, device))
+            # Rounds alternate the modes (fused, unfused, fused, ...), so a drift in machine speed over the
+            # minutes of a run weighs on both alike; the last round is profiled.
+            runs = {mode: [] for mode in args.modes}
+            for r in range(args.rounds):
+                for mode in args.modes:
+                    last = r == args.rounds - 1
+                    runs[mode].append(run_config(name, mode, compiled, args, device, profile=args.profile and last))
+            rows += [merge_rounds(runs[mode]) for mode in args.modes]
     meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
     for w in meta["warnings"]:
         print(w)

@@ -12,7 +12,7 @@ import mdt_kernels as mk
 from benchmarks.train_step import add_comparisons, check_step, main
 
 TINY = ["--models", "MDTv2-Ti/2", "DiT-Ti/2", "--input-size", "8", "--in-channels", "1", "--num-classes", "10",
-        "--batch", "4", "--iters", "2", "--warmup", "1", "--compile", "off", "--profile", "--device", "cpu"]
+        "--batch", "4", "--iters", "2", "--rounds", "2", "--warmup", "1", "--compile", "off", "--profile", "--device", "cpu"]
 
 
 @pytest.mark.skipif("cpu" not in mk.available_backends("cpu"), reason="mdt_kernels._C is not built")
@@ -29,7 +29,8 @@ def test_tiny_train_step_benchmark(tmp_path):
     assert data["meta"]["warnings"] == []
     for (_, mode), r in rows.items():
         assert not r["compiled"] and r["params"] > 0
-        assert r["ms"] > 0 and len(r["times_ms"]) == 2 and all(t > 0 for t in r["times_ms"])
+        assert r["ms"] > 0 and len(r["times_ms"]) == 4 and all(t > 0 for t in r["times_ms"])  # 2 rounds x 2
+        assert r["rounds"] == 2 and len(r["round_ms"]) == 2
         assert math.isfinite(r["loss_first"]) and math.isfinite(r["loss_last"])
         ours = [o["name"] for o in r["profile"]["top"] if o["name"].startswith("mdt_kernels::")]
         if mode == "fused":
