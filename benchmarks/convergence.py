@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +35,8 @@ def run_one(model: str, seed: int, args) -> str:
     out = os.path.join(args.runs, f"{model.replace('/', '_')}_seed{seed}")
     if os.path.exists(os.path.join(out, "eval.json")) and not args.fresh:
         return out
+    if args.fresh:  # else `--resume auto` would find the finished run and only evaluate it again
+        shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "mdt.cli", "train", "--model", model, "--data", "digits", "--seed", str(seed),
            "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
            "--ema-decay", str(args.ema_decay), "--eval-every", str(args.eval_every), "--eval-samples",
@@ -166,7 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="runs at a time (1 thread each)")
     p.add_argument("--runs", default="runs/convergence", help="folder of the training runs")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    p.add_argument("--fresh", action="store_true", help="delete earlier runs and train them again")
     args = p.parse_args(argv)
     if args.steps % args.eval_every:
         p.error(f"--steps {args.steps} must be a multiple of --eval-every {args.eval_every}")
