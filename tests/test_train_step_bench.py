@@ -12,7 +12,8 @@ import mdt_kernels as mk
 from benchmarks.train_step import add_comparisons, check_step, main
 
 TINY = ["--models", "MDTv2-Ti/2", "DiT-Ti/2", "--input-size", "8", "--in-channels", "1", "--num-classes", "10",
-        "--batch", "4", "--iters", "2", "--rounds", "2", "--warmup", "1", "--compile", "off", "--profile", "--device", "cpu"]
+        "--batch", "4", "--iters", "2", "--rounds", "2", "--warmup", "1", "--compile", "off", "--profile",
+        "--device", "cpu"]
 
 
 @pytest.mark.skipif("cpu" not in mk.available_backends("cpu"), reason="mdt_kernels._C is not built")

@@ -89,34 +89,25 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& h, const at::Tensor&
   });
 }
 
-// t (..., D) as a contiguous (rows, D) matrix.
-at::Tensor rows_of(const at::Tensor& t) {
-  int64_t rows = 1;
-  for (int64_t i = 0; i + 1 < t.dim(); ++i) rows *= t.size(i);
-  return t.reshape({rows, t.size(-1)}).contiguous();
-}
-
 std::tuple<at::Tensor, at::Tensor> linear_gelu_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                    const at::Tensor& bias) {
   check_linear_gelu(x, weight, bias);
-  const auto h = at::mm(rows_of(x), weight.t());  // (M, Dout)
+  const auto h = at::mm(linear_gelu_as_rows(x), weight.t());  // (M, Dout)
   auto y = at::empty_like(h);
   const auto b = bias.contiguous();
   if (h.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "linear_gelu_cpu",
                                     [&] { forward_kernel<scalar_t>(h, b, y); });
   }
-  auto out_shape = x.sizes().vec();
-  out_shape.back() = weight.size(0);
-  return {y.view(out_shape), h};
+  return {y.view(linear_gelu_out_shape(x, weight.size(0))), h};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                                                         const at::Tensor& weight,
                                                                         const at::Tensor& bias, const at::Tensor& h) {
   check_linear_gelu_backward(grad, x, weight, bias, h);
-  const auto x2 = rows_of(x);
-  const auto g = rows_of(grad);
+  const auto x2 = linear_gelu_as_rows(x);
+  const auto g = linear_gelu_as_rows(grad);
   const auto hc = h.contiguous();
   const auto b = bias.contiguous();
   const int64_t M = hc.size(0), D = hc.size(1);

@@ -11,19 +11,12 @@
 namespace mdt {
 namespace {
 
-// t (..., D) as a contiguous (rows, D) matrix.
-at::Tensor rows_of(const at::Tensor& t) {
-  int64_t rows = 1;
-  for (int64_t i = 0; i + 1 < t.dim(); ++i) rows *= t.size(i);
-  return t.reshape({rows, t.size(-1)}).contiguous();
-}
-
 // -> (y (..., Dout), h (rows, Dout))
 std::tuple<at::Tensor, at::Tensor> linear_gelu_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                     const at::Tensor& bias) {
   check_linear_gelu(x, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto h = at::mm(rows_of(x), weight.t()).contiguous();  // (M, Dout); contiguous already
+  const auto h = at::mm(linear_gelu_as_rows(x), weight.t()).contiguous();  // (M, Dout); contiguous already
   const auto b = bias.contiguous();
   const int64_t M = h.size(0), D = h.size(1);
   auto y = at::empty({M, D}, h.options());
@@ -32,9 +25,7 @@ std::tuple<at::Tensor, at::Tensor> linear_gelu_cuda(const at::Tensor& x, const a
                                         current_stream()),
                  "linear_gelu");
   }
-  auto out_shape = x.sizes().vec();
-  out_shape.back() = weight.size(0);
-  return {y.view(out_shape), h};
+  return {y.view(linear_gelu_out_shape(x, weight.size(0))), h};
 }
 
 // -> (dx, dweight, dbias)
@@ -43,8 +34,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cuda(const a
                                                                          const at::Tensor& bias, const at::Tensor& h) {
   check_linear_gelu_backward(grad, x, weight, bias, h);
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto x2 = rows_of(x);
-  const auto g = rows_of(grad);
+  const auto x2 = linear_gelu_as_rows(x);
+  const auto g = linear_gelu_as_rows(grad);
   const auto hc = h.contiguous();
   const auto b = bias.contiguous();
   const int64_t M = hc.size(0), D = hc.size(1);

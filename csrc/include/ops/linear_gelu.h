@@ -1,8 +1,29 @@
 // Shape/dtype/device checks of linear_gelu, shared by its kernels.
 #pragma once
+#include <vector>
+
 #include "mdt_checks.h"
 
 namespace mdt {
+
+// Rows of x (..., Din): the product of its leading dimensions.
+inline int64_t linear_gelu_rows(const at::Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t i = 0; i + 1 < x.dim(); ++i) rows *= x.size(i);
+  return rows;
+}
+
+// t (..., D) as a contiguous (rows, D) matrix.
+inline at::Tensor linear_gelu_as_rows(const at::Tensor& t) {
+  return t.reshape({linear_gelu_rows(t), t.size(-1)}).contiguous();
+}
+
+// x's shape with the last dimension Dout: the shape of y and of its gradient.
+inline std::vector<int64_t> linear_gelu_out_shape(const at::Tensor& x, int64_t dout) {
+  auto shape = x.sizes().vec();
+  shape.back() = dout;
+  return shape;
+}
 
 // x (..., Din), weight (Dout, Din), bias (Dout,), one float dtype, one device.
 inline void check_linear_gelu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
@@ -27,13 +48,10 @@ inline void check_linear_gelu_backward(const at::Tensor& grad, const at::Tensor&
   MDT_CHECK_SAME_DTYPE(x, h);
   MDT_CHECK_SAME_DEVICE(x, grad);
   MDT_CHECK_SAME_DEVICE(x, h);
-  auto out_shape = x.sizes().vec();
-  out_shape.back() = weight.size(0);
+  const auto out_shape = linear_gelu_out_shape(x, weight.size(0));
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(out_shape), "grad shape ", grad.sizes(), " does not match ",
                     at::IntArrayRef(out_shape));
-  int64_t M = 1;
-  for (int64_t i = 0; i + 1 < x.dim(); ++i) M *= x.size(i);
-  TORCH_CHECK_VALUE(h.dim() == 2 && h.size(0) == M && h.size(1) == weight.size(0),
+  TORCH_CHECK_VALUE(h.dim() == 2 && h.size(0) == linear_gelu_rows(x) && h.size(1) == weight.size(0),
                     "h must have shape (rows of x, Dout), got ", h.sizes());
 }
 
