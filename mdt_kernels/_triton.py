@@ -34,3 +34,10 @@ def acc_dtype(dtype):
     import torch
 
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_acc(dtype):
+    """acc_dtype as a Triton type (a kernel's ACC constexpr)."""
+    import torch
+
+    return tl.float64 if dtype == torch.float64 else tl.float32

@@ -1,9 +1,6 @@
 // masked_rel_pos_bias on CPU: the per-sample (B,H,K,K) bias of MDT's masked encoder straight from
 // the (R,H) table, instead of building (B,H,N,N) and gathering rows then columns.
-// For p = (r_p, c_p) on a G x G grid and W = 2G-1:
-//   idx(p,q) = (r_p - r_q + G-1) * W + (c_p - c_q + G-1) = A(p) - L(q),
-//   A(p) = (r_p + G-1) * W + c_p + G-1,   L(q) = r_q * W + c_q,
-// so a row i of sample b reads table[A(ids[b,i]) - L(ids[b,j]), h] for j = 0..K-1.
+// A row i of sample b reads table[A(ids[b,i]) - L(ids[b,j]), h] for j = 0..K-1 (rel_pos_offsets.h).
 // Backward scatters grad into the table. Work is split into fixed (head, batch-chunk) items, each with
 // its own fp32/fp64 accumulator, reduced in chunk order: deterministic for any thread count.
 #include <ATen/Parallel.h>
@@ -12,24 +9,12 @@
 #include <vector>
 
 #include "ops/masked_rel_pos_bias.h"
+#include "rel_pos_offsets.h"
 
 namespace mdt {
 namespace {
 
 constexpr int64_t kBatchChunk = 4;
-
-// A (row offsets) and L (column offsets) for every kept token, int32 (B*K each).
-void row_col_offsets(const at::Tensor& ids, int64_t G, std::vector<int32_t>& A, std::vector<int32_t>& L) {
-  const int64_t n = ids.numel(), W = 2 * G - 1;
-  const int64_t* id = ids.const_data_ptr<int64_t>();
-  A.resize(n);
-  L.resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = id[i] / G, c = id[i] % G;
-    A[i] = static_cast<int32_t>((r + G - 1) * W + c + G - 1);
-    L[i] = static_cast<int32_t>(r * W + c);
-  }
-}
 
 at::Tensor masked_rel_pos_bias_cpu(const at::Tensor& table_in, int64_t grid_size, const at::Tensor& ids_in) {
   check_masked_rel_pos_bias(table_in, grid_size, ids_in);
@@ -40,8 +25,8 @@ at::Tensor masked_rel_pos_bias_cpu(const at::Tensor& table_in, int64_t grid_size
   auto out = at::empty({B, H, K, K}, table_in.options());
   if (out.numel() == 0) return out;
   const auto tableT = table_in.t().contiguous();  // (H, R): one head's column is contiguous
-  std::vector<int32_t> A, L;
-  row_col_offsets(ids, G, A, L);
+  const auto off = rel_pos_offsets(ids, G);
+  const std::vector<int32_t>&A = off.A, &L = off.L;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, table_in.scalar_type(), "masked_rel_pos_bias_cpu", [&] {
     const scalar_t* t = tableT.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -68,8 +53,8 @@ at::Tensor masked_rel_pos_bias_backward_cpu(const at::Tensor& grad_in, const at:
   const auto grad = grad_in.contiguous();
   const int64_t B = grad.size(0), H = grad.size(1), K = grad.size(2);
   const int64_t G = grid_size;
-  std::vector<int32_t> A, L;
-  row_col_offsets(ids, G, A, L);
+  const auto off = rel_pos_offsets(ids, G);
+  const std::vector<int32_t>&A = off.A, &L = off.L;
   const int64_t n_chunks = (B + kBatchChunk - 1) / kBatchChunk;
   at::Tensor d_table;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "masked_rel_pos_bias_backward_cpu",

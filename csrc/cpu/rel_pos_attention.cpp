@@ -9,7 +9,7 @@
 //   forward:  S = q k^T (BLAS), one pass  P = softmax(S * scale + bias)  (P saved for backward), O = P v.
 //   backward: dP = dO v^T, dv = P^T dO, one pass  dS = P * (dP - rowsum(P * dP))  that also adds dS into
 //             this task's slice of the table gradient, dq = scale * dS k, dk = scale * dS^T q.
-// Bias index: idx(p,q) = A(p) - L(q) with A(p) = (r_p + G-1)(2G-1) + c_p + G-1, L(q) = r_q (2G-1) + c_q.
+// Bias index: idx(p,q) = A(p) - L(q), offsets from rel_pos_offsets.h.
 // Table-gradient slices (one per (b,h)) are summed over b in order: deterministic for any thread count.
 // fp16/bf16 inputs are computed in fp32 (P and the accumulators are fp32); fp64 in fp64.
 #include <ATen/Parallel.h>
@@ -21,7 +21,9 @@
 #include <vector>
 
 #include "fast_math.h"
+#include "ops/adaln.h"
 #include "ops/rel_pos_attention.h"
+#include "rel_pos_offsets.h"
 
 // BLAS (Fortran interface, 32-bit ints) as exported by libtorch_cpu (MKL or OpenBLAS). Weak: a torch
 // built without BLAS leaves them null and the op raises instead of failing to load.
@@ -70,36 +72,16 @@ void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t Kd, T alpha, const 
 }
 
 
-struct Offsets {
-  std::vector<int32_t> A, L;  // (B*K) row and column offsets into a head's table column
-};
-
-Offsets token_offsets(const at::Tensor& ids, int64_t G) {
-  Offsets o;
-  const int64_t n = ids.numel(), W = 2 * G - 1;
-  const int64_t* id = ids.const_data_ptr<int64_t>();
-  o.A.resize(n);
-  o.L.resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = id[i] / G, c = id[i] % G;
-    o.A[i] = static_cast<int32_t>((r + G - 1) * W + c + G - 1);
-    o.L[i] = static_cast<int32_t>(r * W + c);
-  }
-  return o;
-}
-
-at::ScalarType compute_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 // qkv in the compute dtype with a unit last stride (a copy only for fp16/bf16 or odd strides).
 at::Tensor compute_qkv(const at::Tensor& qkv) {
-  auto q = qkv.to(compute_dtype(qkv));
+  auto q = qkv.to(adaln::acc_dtype(qkv));
   if (q.stride(4) != 1 || q.stride(3) != q.size(4) || q.stride(2) != q.size(3) * q.size(4)) q = q.contiguous();
   return q;
 }
 
 template <typename T>
-void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const Offsets& off, T scale, at::Tensor& out,
-                    at::Tensor& probs) {
+void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const RelPosOffsets& off, T scale,
+                    at::Tensor& out, at::Tensor& probs) {
   const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4), R = tableT.size(1);
   const int64_t sB = qkv.stride(0), sK = qkv.stride(1), s3 = qkv.stride(2), sH = qkv.stride(3);
   const T* base = qkv.const_data_ptr<T>();
@@ -142,7 +124,7 @@ void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const Offse
 }
 
 template <typename T>
-void backward_kernel(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& probs, const Offsets& off,
+void backward_kernel(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& probs, const RelPosOffsets& off,
                      T scale, at::Tensor& dqkv, std::vector<T>& dtab) {
   const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4);
   const int64_t R = static_cast<int64_t>(dtab.size()) / (B * H);
@@ -198,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_attention_cpu(const at::Tensor& qkv_i
   auto probs = at::empty({B, H, K, K}, qkv.options());
   if (out.numel() > 0) {
     const auto tableT = table.t().to(qkv.scalar_type()).contiguous();  // (H, R)
-    const auto off = token_offsets(ids, grid_size);
+    const auto off = rel_pos_offsets(ids, grid_size);
     if (qkv.scalar_type() == at::kDouble)
       forward_kernel<double>(qkv, tableT, off, scale, out, probs);
     else
@@ -225,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_attention_backward_cpu(const at::Tens
   auto dqkv = at::empty({B, K, 3, H, Dh}, qkv.options());
   auto d_table = at::zeros({R, H}, qkv.options());
   if (dqkv.numel() > 0) {
-    const auto off = token_offsets(ids, grid_size);
+    const auto off = rel_pos_offsets(ids, grid_size);
     AT_DISPATCH_FLOATING_TYPES(ct, "rel_pos_attention_backward_cpu", [&] {
       std::vector<scalar_t> dtab(static_cast<size_t>(B * H * R), scalar_t(0));  // one slice per (b, h)
       backward_kernel<scalar_t>(grad, qkv, probs, off, static_cast<scalar_t>(scale), dqkv, dtab);

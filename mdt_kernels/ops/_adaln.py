@@ -1,5 +1,5 @@
 """Shared by the three adaLN ops (adaln_modulate, gated_residual, residual_adaln_modulate): checks of the
-(B,D) modulation tensors, the accumulation dtype and the Triton launch parameters."""
+(B,D) modulation tensors and the Triton launch parameters (the accumulation dtype is _triton.acc_dtype)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,6 @@ from .._triton import block_size, cdiv, jit, tl
 # the per-sample partial sums of the backward in registers; longer rows accumulate them in the
 # program's own slot of the partial buffer (read-modify-write by one program: still deterministic).
 MAX_BLOCK_D = 4096
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics and sums are fp32 for fp32/fp16/bf16 tensors, fp64 for fp64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def tl_acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def row_block(D: int) -> int:

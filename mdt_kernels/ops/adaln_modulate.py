@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks, _dispatch
-from .._triton import cdiv, jit, tl
+from .._triton import acc_dtype, cdiv, jit, tl, tl_acc
 from . import _adaln
 
 # ---------------------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ from . import _adaln
 
 def adaln_modulate_ref(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Plain PyTorch, computed in fp32 (fp64 for fp64) and rounded once to x's dtype."""
-    acc = _adaln.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     xa, sh, sc = x.to(acc), shift.to(acc), scale.to(acc)
     return (F.layer_norm(xa, (x.shape[-1],), eps=eps) * (1 + sc[:, None]) + sh[:, None]).to(x.dtype)
 
@@ -112,13 +112,13 @@ def adaln_modulate_triton(
     x = x.contiguous()
     B, N, D = x.shape
     out = torch.empty_like(x)
-    mean = x.new_empty((B, N), dtype=_adaln.acc_dtype(x.dtype))
+    mean = x.new_empty((B, N), dtype=acc_dtype(x.dtype))
     rstd = torch.empty_like(mean)
     if B * N > 0:
         BLOCK_D = _adaln.row_block(D)
         _adaln_modulate_fwd_kernel[(B * N,)](
             x, shift, scale, out, mean, rstd, N, D, *shift.stride(), *scale.stride(), eps,
-            BLOCK_D=BLOCK_D, ACC=_adaln.tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
+            BLOCK_D=BLOCK_D, ACC=tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
         )
     return out, mean, rstd
 
@@ -132,12 +132,12 @@ def adaln_modulate_backward_triton(
     chunk = _adaln.token_chunk(B, N)
     C = cdiv(N, chunk)
     dx = torch.empty_like(x)
-    partial = x.new_zeros((2, B, C, D), dtype=_adaln.acc_dtype(x.dtype))
+    partial = x.new_zeros((2, B, C, D), dtype=acc_dtype(x.dtype))
     if B * C * D > 0:
         BLOCK_D = _adaln.row_block(D)
         _adaln_modulate_bwd_kernel[(B * C,)](
             grad, x, scale, mean, rstd, dx, partial, N, D, C, chunk, *scale.stride(), B * C * D,
-            BLOCK_D=BLOCK_D, ONE_BLOCK=D <= BLOCK_D, ACC=_adaln.tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
+            BLOCK_D=BLOCK_D, ONE_BLOCK=D <= BLOCK_D, ACC=tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
         )
     # chunk partials reduced by torch.sum: a fixed order, no atomics
     return dx, partial[0].sum(1).to(x.dtype), partial[1].sum(1).to(x.dtype)
@@ -148,7 +148,7 @@ def adaln_modulate_backward_triton(
 
 
 def _fake_forward(x, shift, scale, eps):
-    stats = x.new_empty(x.shape[:2], dtype=_adaln.acc_dtype(x.dtype))
+    stats = x.new_empty(x.shape[:2], dtype=acc_dtype(x.dtype))
     return x.new_empty(x.shape), stats, torch.empty_like(stats)
 
 

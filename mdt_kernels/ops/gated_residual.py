@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, _dispatch
-from .._triton import block_size, cdiv, jit, tl
+from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
 from . import _adaln
 
 # ---------------------------------------------------------------------------------------------------
@@ -20,7 +20,7 @@ from . import _adaln
 
 def gated_residual_ref(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Plain PyTorch, computed in fp32 (fp64 for fp64) and rounded once to x's dtype."""
-    acc = _adaln.acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     return (x.to(acc) + gate.to(acc)[:, None] * y.to(acc)).to(x.dtype)
 
 
@@ -69,7 +69,7 @@ def gated_residual_triton(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) 
     if out.numel() > 0:
         BLOCK_D = block_size(D)
         _gated_residual_fwd_kernel[(B * N, cdiv(D, BLOCK_D))](
-            x, gate, y, out, N, D, *gate.stride(), BLOCK_D=BLOCK_D, ACC=_adaln.tl_acc(x.dtype)
+            x, gate, y, out, N, D, *gate.stride(), BLOCK_D=BLOCK_D, ACC=tl_acc(x.dtype)
         )
     return out
 
@@ -83,11 +83,11 @@ def gated_residual_backward_triton(
     chunk = _adaln.token_chunk(B, N)
     C = cdiv(N, chunk)
     dy = torch.empty_like(y)
-    partial = y.new_zeros((B, C, D), dtype=_adaln.acc_dtype(y.dtype))
+    partial = y.new_zeros((B, C, D), dtype=acc_dtype(y.dtype))
     if partial.numel() > 0:
         BLOCK_D = block_size(D)
         _gated_residual_bwd_kernel[(B * C, cdiv(D, BLOCK_D))](
-            grad, gate, y, dy, partial, N, D, C, chunk, *gate.stride(), BLOCK_D=BLOCK_D, ACC=_adaln.tl_acc(y.dtype)
+            grad, gate, y, dy, partial, N, D, C, chunk, *gate.stride(), BLOCK_D=BLOCK_D, ACC=tl_acc(y.dtype)
         )
     return partial.sum(1).to(y.dtype), dy  # chunk partials reduced in a fixed order
 

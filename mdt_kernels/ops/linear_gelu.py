@@ -20,12 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks, _dispatch
-from .._triton import block_size, cdiv, jit, tl
+from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
 from ._register import register_op
 
 KERNELS = ("reference", "cpu", "triton", "cuda")
-GELU_K0 = 0.7978845608028654  # sqrt(2 / pi)
-GELU_K1 = 0.044715
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -43,7 +41,7 @@ def linear_gelu_ref(x, weight, bias):
 
 @jit
 def _gelu_parts(u, ACC: tl.constexpr):
-    z = 0.7978845608028654 * (u + 0.044715 * u * u * u)
+    z = 0.7978845608028654 * (u + 0.044715 * u * u * u)  # sqrt(2 / pi) (u + 0.044715 u^3)
     z = tl.minimum(tl.maximum(z, -20.0), 20.0).to(ACC)
     t = 1.0 - 2.0 / (tl.exp(2.0 * z) + 1.0)
     return t
@@ -82,14 +80,6 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[:-1].numel(), t.shape[-1]).contiguous()
 
 
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 @torch.library.custom_op("mdt_kernels::linear_gelu_triton", mutates_args=())
 def linear_gelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     h = torch.mm(_rows(x), weight.t())
@@ -98,7 +88,7 @@ def linear_gelu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if h.numel() > 0:
         BLOCK_D = block_size(D)
         _linear_gelu_fwd_kernel[(M, cdiv(D, BLOCK_D))](h, bias.contiguous(), y, D, BLOCK_D=BLOCK_D,
-                                                       ACC=_tl_acc(h.dtype))
+                                                       ACC=tl_acc(h.dtype))
     return y.view(*x.shape[:-1], D), h
 
 
@@ -110,11 +100,11 @@ def linear_gelu_backward_triton(grad: torch.Tensor, x: torch.Tensor, weight: tor
     chunk = max(1, min(64, cdiv(M, 512)))
     C = cdiv(M, chunk)
     dh = torch.empty_like(h)
-    partial = h.new_zeros((C, D), dtype=_acc(h.dtype))
+    partial = h.new_zeros((C, D), dtype=acc_dtype(h.dtype))
     if h.numel() > 0:
         BLOCK_D = block_size(D)
         _linear_gelu_bwd_kernel[(C, cdiv(D, BLOCK_D))](g, h, bias.contiguous(), dh, partial, M, D, chunk,
-                                                        BLOCK_D=BLOCK_D, ACC=_tl_acc(h.dtype))
+                                                        BLOCK_D=BLOCK_D, ACC=tl_acc(h.dtype))
     db = partial.sum(0).to(bias.dtype)  # chunk partials reduced in a fixed order
     return torch.mm(dh, weight).view(x.shape), torch.mm(dh.t(), x2), db
 
@@ -197,5 +187,5 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     if autocast:  # custom ops see no autocast: cast as it would for F.linear (which leaves float64 alone)
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight, bias = (t if t.dtype == torch.float64 else t.to(dtype) for t in (x, weight, bias))
-    _checks.check_same("dtype", x=x, weight=weight, bias=bias)
+        _checks.check_same("dtype", x=x, weight=weight, bias=bias)
     return IMPLS[backend](x, weight, bias)

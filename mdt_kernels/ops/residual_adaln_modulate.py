@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, _dispatch
-from .._triton import cdiv, jit, tl
+from .._triton import acc_dtype, cdiv, jit, tl, tl_acc
 from . import _adaln
 from .adaln_modulate import adaln_modulate_ref
 from .gated_residual import gated_residual_ref
@@ -138,13 +138,13 @@ def residual_adaln_modulate_triton(
     x, y = x.contiguous(), y.contiguous()
     B, N, D = x.shape
     h, out = torch.empty_like(x), torch.empty_like(x)
-    mean = x.new_empty((B, N), dtype=_adaln.acc_dtype(x.dtype))
+    mean = x.new_empty((B, N), dtype=acc_dtype(x.dtype))
     rstd = torch.empty_like(mean)
     if B * N > 0:
         BLOCK_D = _adaln.row_block(D)
         _residual_adaln_fwd_kernel[(B * N,)](
             x, gate, y, shift, scale, h, out, mean, rstd, N, D, *gate.stride(), *shift.stride(), *scale.stride(),
-            eps, BLOCK_D=BLOCK_D, ACC=_adaln.tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
+            eps, BLOCK_D=BLOCK_D, ACC=tl_acc(x.dtype), num_warps=_adaln.num_warps(BLOCK_D),
         )
     return h, out, mean, rstd
 
@@ -161,13 +161,13 @@ def residual_adaln_modulate_backward_triton(
     chunk = _adaln.token_chunk(B, N)
     C = cdiv(N, chunk)
     dx, dy = torch.empty_like(h), torch.empty_like(h)
-    partial = h.new_zeros((3, B, C, D), dtype=_adaln.acc_dtype(h.dtype))
+    partial = h.new_zeros((3, B, C, D), dtype=acc_dtype(h.dtype))
     if B * C * D > 0:
         BLOCK_D = _adaln.row_block(D)
         _residual_adaln_bwd_kernel[(B * C,)](
             grad_out if grad_h is None else grad_h, grad_out, h, y, gate, scale, mean, rstd, dx, dy, partial,
             N, D, C, chunk, *gate.stride(), *scale.stride(), B * C * D,
-            BLOCK_D=BLOCK_D, ONE_BLOCK=D <= BLOCK_D, HAS_GH=grad_h is not None, ACC=_adaln.tl_acc(h.dtype),
+            BLOCK_D=BLOCK_D, ONE_BLOCK=D <= BLOCK_D, HAS_GH=grad_h is not None, ACC=tl_acc(h.dtype),
             num_warps=_adaln.num_warps(BLOCK_D),
         )
     dshift, dscale, dgate = (partial[i].sum(1).to(h.dtype) for i in range(3))  # fixed-order chunk reduction
@@ -179,7 +179,7 @@ def residual_adaln_modulate_backward_triton(
 
 
 def _fake_forward(x, gate, y, shift, scale, eps):
-    stats = x.new_empty(x.shape[:2], dtype=_adaln.acc_dtype(x.dtype))
+    stats = x.new_empty(x.shape[:2], dtype=acc_dtype(x.dtype))
     return x.new_empty(x.shape), x.new_empty(x.shape), stats, torch.empty_like(stats)
 
 
