@@ -64,14 +64,15 @@ from mdt.diffusion import create_diffusion
 from mdt.models import MODELS
 from mdt.train import PRECISIONS, Objective, TrainConfig, autocast_context, build_model, make_optimizer, training_step
 
-MODES = ("fused", "unfused")
+MODES = ("fused", "unfused", "fused-aten")
+DEFAULT_MODES = ("fused", "unfused")
 COMPILE = {"both": (False, True), "off": (False,), "on": (True,)}
 TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}  # fused vs unfused: losses, gradients (bf16: kernels round differently)
 TOP_OPS = 15
 
 # Profile categories, first match wins. Optimizer and mdt_kernels also claim what runs inside them.
 MATMUL = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "linear", "convolution", "_convolution",
-          "conv2d", "mkldnn_convolution", "softmax", "_softmax", "log_softmax", "_log_softmax"}
+          "conv2d", "mkldnn_convolution", "softmax", "_softmax", "log_softmax", "_log_softmax", "linear_pointwise"}
 ELEMENTWISE = {"add", "sub", "rsub", "mul", "div", "neg", "abs", "where", "clamp", "clamp_min", "clamp_max",
                "maximum", "minimum", "exp", "log", "pow", "sqrt", "rsqrt", "reciprocal", "square", "erf", "tanh",
                "sigmoid", "silu", "gelu", "sin", "cos", "sum", "mean", "var", "norm", "linalg_vector_norm",
@@ -99,8 +100,8 @@ def category(name: str, ancestors: list[str]) -> str:
     if any(n.startswith("Optimizer.") or n == "aten::_foreach_lerp_" for n in [name, *ancestors]):
         return "optimizer + EMA"  # Adan's zero_grad and step (torch.optim annotates them), and the EMA lerp
     op = base_op(name)
-    if name.startswith("aten::") and op in MATMUL:
-        return "matmul / attention"  # also ATen's GEMMs inside mdt_kernels ops (linear_gelu)
+    if name.startswith(("aten::", "mkldnn::")) and op in MATMUL:
+        return "matmul / attention"  # also the GEMMs inside mdt_kernels ops (linear, linear_gelu)
     if any("mdt_kernels" in n for n in [name, *ancestors]):
         return "mdt_kernels ops"  # also what runs inside them, and their autograd wrappers
     if op in MATMUL or "attention" in op:
@@ -248,8 +249,9 @@ def run_config(name: str, mode: str, compiled: bool, args, device: torch.device,
         base = torch.cuda.memory_allocated(device)
     else:
         base = PeakRSS.now()
-    with mk.use_backend("auto" if mode == "fused" else "reference"):
-        step, model = make_trainer(name, mode == "fused", compiled, args, device)
+    engine = mk.use_cpu_gemm_engine("aten") if mode == "fused-aten" else contextlib.nullcontext()
+    with mk.use_backend("reference" if mode == "unfused" else "auto"), engine:
+        step, model = make_trainer(name, mode != "unfused", compiled, args, device)
         n_params = sum(p.numel() for p in model.parameters())
         t0 = time.perf_counter()
         loss_first = step().item()  # also the compile
@@ -309,7 +311,7 @@ def add_comparisons(rows: list[dict], checks: dict, precision: str) -> list[str]
         same, comp = unfused.get(r["compiled"]), unfused.get(True)
         r["speedup_vs_unfused"] = same["ms"] / r["ms"] if same else None
         r["speedup_vs_compiled_unfused"] = comp["ms"] / r["ms"] if comp else None
-        if r["mode"] == "fused" and same is not None:
+        if r["mode"] != "unfused" and same is not None:
             for key in ("loss_first", "loss_last"):
                 if not math.isclose(r[key], same[key], rel_tol=rtol):
                     warnings.append(f"WARNING: {r['model']} {'compiled' if r['compiled'] else 'eager'}: fused and "
@@ -332,7 +334,10 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"median of {c['iters']} steps after {c['warmup']} warm-up steps"
         + (f", in each of {c['rounds']} rounds that alternate fused and unfused (median over all "
            f"{c['rounds'] * c['iters']} steps; ms/step per round in the JSON)" if c.get("rounds", 1) > 1 else "")
-        + ". fused: mdt_kernels (auto) + fused Adan; "
+        + ". fused: mdt_kernels (auto) + fused Adan"
+        + (f", CPU GEMMs of mdt_kernels.linear/linear_gelu on {meta['cpu_gemm_engine']}" if meta.get("cpu_gemm_engine")
+           else "")
+        + "; fused-aten: the same with those GEMMs on ATen (MKL), as the reference runs them; "
         "unfused: the PyTorch reference + foreach Adan. First step: its seconds (compiles). Peak: "
         f"{meta['memory']}.",
         "",
@@ -371,7 +376,8 @@ def main(argv=None) -> None:
     p.add_argument("--models", nargs="+", default=["MDTv2-S/2", "DiT-S/2"], help="names from mdt.models.MODELS")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
+                   help="fused-aten: fused, with the CPU GEMMs of mdt_kernels on ATen instead of oneDNN")
     p.add_argument("--compile", default="both", choices=list(COMPILE), help="torch.compile the Objective")
     p.add_argument("--profile", action="store_true", help="per-op profile of every configuration")
     p.add_argument("--profile-steps", type=int, default=3)
@@ -412,6 +418,7 @@ def main(argv=None) -> None:
     meta = dict(device=device_name(device), device_type=device.type, dtype=args.precision,
                 threads=torch.get_num_threads(), torch=torch.__version__, commit=git_sha(),
                 date=datetime.date.today().isoformat(), load_avg=round(load, 2), memory=memory, config=config,
+                cpu_gemm_engine=mk.cpu_gemm_engine() if device.type == "cpu" else None,
                 checks={}, warnings=[])
     print(f"{meta['device']}, torch {meta['torch']}, {args.precision}, batch {args.batch}")
     # The correctness check runs first: its untimed steps also do the once-per-process set-up (library loads,

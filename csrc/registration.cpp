@@ -32,6 +32,13 @@ TORCH_LIBRARY(mdt_kernels, m) {
   m.def("rel_pos_attention(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> (Tensor, Tensor)");
   // -> (d_qkv (B,K,3,H,Dh) in qkv's dtype, d_table (num_rel, H) in P's dtype)
   m.def("rel_pos_attention_backward(Tensor grad_out, Tensor qkv, Tensor probs, Tensor ids_keep, int grid_size, SymInt num_rel, float scale) -> (Tensor, Tensor)");
+  // y = x W^T + b for x (..., Din), W (Dout, Din), b (Dout) or none: nn.Linear, on the CPU GEMM engine.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // -> (dx, dweight, dbias), dbias of shape (0,) when has_bias is false
+  m.def("linear_backward(Tensor grad, Tensor x, Tensor weight, bool has_bias) -> (Tensor, Tensor, Tensor)");
+  // The GEMM engine of the CPU kernels that multiply by a weight: "onednn" or "aten" (csrc/cpu/gemm.h).
+  m.def("cpu_gemm_engine() -> str");
+  m.def("set_cpu_gemm_engine(str name) -> ()");
   // y = GELU_tanh(x W^T + b) for x (..., Din), W (Dout, Din), b (Dout); also returns h = x W^T as
   // (rows of x, Dout), saved for the backward.
   m.def("linear_gelu(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)");

@@ -100,14 +100,27 @@ def attention(q, k, v, bias=None, backend="sdpa"):
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state-dict keys) whose CPU GEMMs run as mdt_kernels.linear, on
+    oneDNN where PyTorch has it (see mdt_kernels.cpu_gemm_engine), when the kernel backend is auto or
+    cpu; otherwise (reference, an explicit triton/cuda backend, GPUs) it is exactly nn.Linear, as
+    linear has only a CPU kernel. For the per-token projections; the per-sample ones (adaLN, timestep
+    MLP: a batch of rows) keep nn.Linear, where the op's call overhead would outweigh the GEMM."""
+
+    def forward(self, x):
+        if x.device.type == "cpu" and mk.get_backend() in ("auto", "cpu"):
+            return mk.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention, with MDT's relative position bias when given a grid size."""
 
     def __init__(self, dim, num_heads, grid_size=None):
         super().__init__()
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         self.rel_pos_bias = RelativePositionBias(grid_size, num_heads) if grid_size else None
         self.backend = "auto"
 
@@ -147,8 +160,8 @@ class Mlp(nn.Module):
 
     def __init__(self, dim, hidden_dim):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)  # its parameters only: linear_gelu runs it
+        self.fc2 = Linear(hidden_dim, dim)
 
     def forward(self, x):
         return self.fc2(mk.linear_gelu(x, self.fc1.weight, self.fc1.bias))
@@ -213,7 +226,7 @@ class MDTBlock(nn.Module):
         self.attn = Attention(hidden_size, num_heads, grid_size)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
-        self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if skip else None
+        self.skip_linear = Linear(2 * hidden_size, hidden_size) if skip else None
 
     def forward(self, x, c, skip=None, ids_keep=None):
         if self.skip_linear is not None:  # fuse the long shortcut: Linear(concat(x, skip)), not gated
@@ -231,7 +244,7 @@ class FinalLayer(nn.Module):
 
     def __init__(self, hidden_size, patch_size, out_channels):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.linear = Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x, c):

@@ -154,3 +154,34 @@ def resolve(op: str, device: torch.device, kernels: tuple[str, ...] = BACKENDS) 
             return name
     return "reference"
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# The GEMM engine of the cpu backend's kernels that multiply by a weight (linear, linear_gelu)
+
+CPU_GEMM_ENGINES = ("onednn", "aten")
+
+
+def cpu_gemm_engine() -> str | None:
+    """"onednn" or "aten": the engine of the CPU GEMMs in linear and linear_gelu (csrc/cpu/gemm.h); None
+    without the compiled extension. MDT_KERNELS_CPU_GEMM sets the default, else onednn where PyTorch has
+    it."""
+    return None if _EXT_ERROR is not None else torch.ops.mdt_kernels.cpu_gemm_engine()
+
+
+class use_cpu_gemm_engine:
+    """Selects the CPU GEMM engine globally; as a context manager, restores the previous one on exit."""
+
+    def __init__(self, name: str):
+        if name not in CPU_GEMM_ENGINES:
+            raise ValueError(f"unknown CPU GEMM engine {name!r}; choose one of {', '.join(CPU_GEMM_ENGINES)}")
+        if _EXT_ERROR is not None:
+            raise BackendError(f"no CPU GEMM engine to select: {_EXT_ERROR}")
+        self._previous = cpu_gemm_engine()
+        torch.ops.mdt_kernels.set_cpu_gemm_engine(name)  # ValueError when this PyTorch lacks the engine
+
+    def __enter__(self) -> use_cpu_gemm_engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.ops.mdt_kernels.set_cpu_gemm_engine(self._previous)

@@ -13,6 +13,7 @@
 
 #include "adaln_rows.h"
 #include "fast_math.h"
+#include "gemm.h"
 #include "ops/linear_gelu.h"
 
 namespace mdt {
@@ -92,22 +93,22 @@ void backward_kernel(const at::Tensor& g, const at::Tensor& h, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> linear_gelu_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                    const at::Tensor& bias) {
   check_linear_gelu(x, weight, bias);
-  const auto h = at::mm(linear_gelu_as_rows(x), weight.t());  // (M, Dout)
+  const auto h = gemm::linear(linear_as_rows(x), weight, std::nullopt);  // (M, Dout), no bias
   auto y = at::empty_like(h);
   const auto b = bias.contiguous();
   if (h.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "linear_gelu_cpu",
                                     [&] { forward_kernel<scalar_t>(h, b, y); });
   }
-  return {y.view(linear_gelu_out_shape(x, weight.size(0))), h};
+  return {y.view(linear_out_shape(x, weight.size(0))), h};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                                                         const at::Tensor& weight,
                                                                         const at::Tensor& bias, const at::Tensor& h) {
   check_linear_gelu_backward(grad, x, weight, bias, h);
-  const auto x2 = linear_gelu_as_rows(x);
-  const auto g = linear_gelu_as_rows(grad);
+  const auto x2 = linear_as_rows(x);
+  const auto g = linear_as_rows(grad);
   const auto hc = h.contiguous();
   const auto b = bias.contiguous();
   const int64_t M = hc.size(0), D = hc.size(1);
@@ -126,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cpu(const at
       for (int64_t d = 0; d < D; ++d) acc[d] += p[c * D + d];
   });
   const auto db = db_acc.to(bias.scalar_type());
-  const auto dx = at::mm(dh, weight).view(x.sizes());
+  const auto dx = gemm::linear(dh, weight.t(), std::nullopt).view(x.sizes());
   const auto dw = at::mm(dh.t(), x2);
   return {dx, dw, db};
 }

@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor> linear_gelu_cuda(const at::Tensor& x, const a
                                                     const at::Tensor& bias) {
   check_linear_gelu(x, weight, bias);
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto h = at::mm(linear_gelu_as_rows(x), weight.t()).contiguous();  // (M, Dout); contiguous already
+  const auto h = at::mm(linear_as_rows(x), weight.t()).contiguous();  // (M, Dout); contiguous already
   const auto b = bias.contiguous();
   const int64_t M = h.size(0), D = h.size(1);
   auto y = at::empty({M, D}, h.options());
@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> linear_gelu_cuda(const at::Tensor& x, const a
                                         current_stream()),
                  "linear_gelu");
   }
-  return {y.view(linear_gelu_out_shape(x, weight.size(0))), h};
+  return {y.view(linear_out_shape(x, weight.size(0))), h};
 }
 
 // -> (dx, dweight, dbias)
@@ -34,8 +34,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cuda(const a
                                                                          const at::Tensor& bias, const at::Tensor& h) {
   check_linear_gelu_backward(grad, x, weight, bias, h);
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto x2 = linear_gelu_as_rows(x);
-  const auto g = linear_gelu_as_rows(grad);
+  const auto x2 = linear_as_rows(x);
+  const auto g = linear_as_rows(grad);
   const auto hc = h.contiguous();
   const auto b = bias.contiguous();
   const int64_t M = hc.size(0), D = hc.size(1);

@@ -13,9 +13,12 @@ from .. import _dispatch
 
 
 def register_op(name: str, *, fake_forward: Callable, fake_backward: Callable, setup_context: Callable,
-                backward: Callable) -> None:
-    """backward(backward_op, ctx, *grads) returns the input gradients, calling backward_op for the math."""
-    forms = [("_triton", "_backward_triton")] + ([("", "_backward")] if _dispatch._EXT_ERROR is None else [])
+                backward: Callable, triton: bool = True) -> None:
+    """backward(backward_op, ctx, *grads) returns the input gradients, calling backward_op for the math.
+
+    triton=False: the op has no Triton twin (only the C++ form is registered)."""
+    forms = [("_triton", "_backward_triton")] if triton else []
+    forms += [("", "_backward")] if _dispatch._EXT_ERROR is None else []
     for fwd_suffix, bwd_suffix in forms:
         bwd_name = f"{name}{bwd_suffix}"
 

@@ -2,7 +2,8 @@
 
 Eager PyTorch runs addmm (it copies b into every output row, then accumulates the GEMM onto it) and
 GELU as a separate pass, and in backward gelu_backward plus another pass summing dh over rows for db.
-The kernels keep the GEMMs (ATen's, on the inputs' dtype) and fuse the rest: h = x W^T; one pass
+The kernels keep the GEMMs (on the CPU those of mdt_kernels.linear's engine, csrc/cpu/gemm.h; on CUDA
+ATen's) and fuse the rest: h = x W^T; one pass
 y = GELU(h + b); backward one pass dh = g * GELU'(h + b) that also sums db, then dx = dh W, dW = dh^T x.
 h (without b) is saved for the backward in place of the GELU input PyTorch saves. The CPU kernel
 evaluates tanh with a vectorised exp, the CUDA kernel (csrc/cuda/linear_gelu_kernels.cu) runs the two
@@ -19,9 +20,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import _checks, _dispatch
+from .. import _checks
 from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
 from ._register import register_op
+from .linear import autocast_inputs, check_inputs
 
 KERNELS = ("reference", "cpu", "triton", "cuda")
 
@@ -165,27 +167,9 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     Returns:
         (..., Dout) in x's dtype. Differentiable in x, weight and bias.
     """
-    for name, t, ndim in (("weight", weight, 2), ("bias", bias, 1)):
-        _checks.check_tensor(name, t, ndim, "(Dout, Din)" if ndim == 2 else "(Dout,)")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 1:
-        raise ValueError("x must have at least 1 dimension (..., Din), got a 0-D tensor")
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        _checks.check_float(name, t)
-    if weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight has shape {tuple(weight.shape)} but x has {x.shape[-1]} input features")
-    if bias.shape[0] != weight.shape[0]:
-        raise ValueError(f"bias has {bias.shape[0]} elements but weight has {weight.shape[0]} output features")
-    _checks.check_same("device", x=x, weight=weight, bias=bias)
-    autocast = torch.is_autocast_enabled(x.device.type)
-    if not autocast:  # before dispatch, so that the reference raises the same TypeError
-        _checks.check_same("dtype", x=x, weight=weight, bias=bias)
-    backend = _dispatch.resolve("linear_gelu", x.device, KERNELS)
+    _checks.check_tensor("bias", bias, 1, "(Dout,)")  # required here
+    backend = check_inputs("linear_gelu", KERNELS, x, weight, bias)
     if backend == "reference":
         return linear_gelu_ref(x, weight, bias)
-    if autocast:  # custom ops see no autocast: cast as it would for F.linear (which leaves float64 alone)
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight, bias = (t if t.dtype == torch.float64 else t.to(dtype) for t in (x, weight, bias))
-        _checks.check_same("dtype", x=x, weight=weight, bias=bias)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     return IMPLS[backend](x, weight, bias)
