@@ -155,7 +155,6 @@ def resolve(op: str, device: torch.device, kernels: tuple[str, ...] = BACKENDS) 
     return "reference"
 
 
-
 # ---------------------------------------------------------------------------------------------------
 # The GEMM engine of the cpu backend's kernels that multiply by a weight (linear, linear_gelu)
 

@@ -1,10 +1,10 @@
 // linear_gelu on CPU: y = GELU_tanh(x W^T + b), the first half of every transformer MLP.
 // Eager PyTorch runs addmm (which first copies b into every output row, then a GEMM accumulating onto
 // it), then GELU as its own pass; backward runs gelu_backward, then sums dh over rows for db in another
-// pass. Here: h = x W^T (one GEMM, no bias copy), then one pass y = GELU(h + b) that computes tanh with
-// the vectorised fast::tanh; backward is one pass dh = g * GELU'(h + b) that also accumulates db, then
-// the two GEMMs dx = dh W and dW = dh^T x. h (without b) is saved for the backward, as PyTorch saves
-// the GELU input.
+// pass. Here: h = x W^T (one GEMM on the engine of gemm.h, no bias copy), then one pass
+// y = GELU(h + b) that computes tanh with the vectorised fast::tanh; backward is one pass
+// dh = g * GELU'(h + b) that also accumulates db, then the two GEMMs dx = dh W (gemm.h's engine) and
+// dW = dh^T x (at::mm). h (without b) is saved for the backward, as PyTorch saves the GELU input.
 // db: rows are split in fixed chunks of kRowChunk, each with its own acc_t partial, added in chunk order:
 // deterministic for any thread count.
 #include <torch/library.h>

@@ -1,8 +1,8 @@
 """linear(x, weight, bias=None) = x W^T + b: nn.Linear, with the CPU GEMM on mdt_kernels' engine.
 
-Every projection of an MDT block (qkv, attention output, MLP fc2, adaLN modulation, the long-skip and
-final linears) is a GEMM, and on the CPU they are most of a training step (76% of an MDTv2-S/2 step in
-benchmarks/results). F.linear runs them as MKL's sgemm, whose kernel on AMD CPUs is its AVX2 path; the
+Every per-token projection of an MDT block (qkv, attention output, MLP fc2, the long-skip and final
+linears) is a GEMM, and on the CPU the GEMMs are most of a training step (over three quarters of an
+MDTv2-S/2 step, benchmarks/results). F.linear runs them as MKL's sgemm, whose kernel on AMD CPUs is its AVX2 path; the
 C++ kernel (csrc/cpu/linear.cpp) runs x W^T + b and the backward's dx = g W as oneDNN's inner product
 (the engine of csrc/cpu/gemm.h, bias in its epilogue), which uses AVX-512 on any vendor, and
 dW = g^T x as at::mm. ``cpu_gemm_engine()`` says which engine runs; ``use_cpu_gemm_engine("aten")``

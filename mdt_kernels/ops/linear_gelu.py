@@ -3,8 +3,8 @@
 Eager PyTorch runs addmm (it copies b into every output row, then accumulates the GEMM onto it) and
 GELU as a separate pass, and in backward gelu_backward plus another pass summing dh over rows for db.
 The kernels keep the GEMMs (on the CPU those of mdt_kernels.linear's engine, csrc/cpu/gemm.h; on CUDA
-ATen's) and fuse the rest: h = x W^T; one pass
-y = GELU(h + b); backward one pass dh = g * GELU'(h + b) that also sums db, then dx = dh W, dW = dh^T x.
+ATen's) and fuse the rest: h = x W^T; one pass y = GELU(h + b); backward one pass
+dh = g * GELU'(h + b) that also sums db, then dx = dh W, dW = dh^T x.
 h (without b) is saved for the backward in place of the GELU input PyTorch saves. The CPU kernel
 evaluates tanh with a vectorised exp, the CUDA kernel (csrc/cuda/linear_gelu_kernels.cu) runs the two
 passes on 16-byte packs; both sum db in a fixed order (deterministic). Under autocast the inputs are
