@@ -120,3 +120,38 @@ def assert_same_for_thread_counts(fn, counts=(1, 2, 3)) -> None:
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+def compile_frame_count(fn, calls) -> int:
+    """Frames torch.compile compiles for ``fn`` over ``calls`` (argument tuples) on the cpu backend: MDT's
+    masked pass changes the token count every step, so after one recompile the graph must be dynamic."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(fn, backend=counter)
+    with mk.use_backend("cpu"):
+        for args in calls:
+            compiled(*args)
+    return counter.frame_count
+
+
+# Bad (x, weight, bias) arguments of linear and linear_gelu, each mutating good ones (x (4, 5), weight
+# (3, 5), bias (3,), float32): (id, mutate, exception, message pattern).
+LINEAR_BAD_INPUTS = [
+    ("x 0-D", lambda x, w, b: (x[0, 0], w, b), ValueError, "x must have at least 1 dimension"),
+    ("weight rank", lambda x, w, b: (x, w[0], b), ValueError, "weight must be 2-D"),
+    ("bias rank", lambda x, w, b: (x, w, b[None]), ValueError, "bias must be 1-D"),
+    ("Din mismatch", lambda x, w, b: (x[:, :4], w, b), ValueError, r"weight has shape \(3, 5\) but x has 4 input"),
+    ("bias length", lambda x, w, b: (x, w, b[:2]), ValueError, "bias has 2 elements but weight has 3 output"),
+    ("integer x", lambda x, w, b: (x.int(), w.int(), b.int()), TypeError, "x must be float32"),
+    ("integer weight", lambda x, w, b: (x, w.long(), b), TypeError, "weight must be float32"),
+    ("integer bias", lambda x, w, b: (x, w, b.int()), TypeError, "bias must be float32"),
+    ("weight dtype", lambda x, w, b: (x, w.double(), b), TypeError, "one dtype"),
+    ("bias dtype", lambda x, w, b: (x, w, b.half()), TypeError, "one dtype"),
+    ("weight device", lambda x, w, b: (x, w.to("meta"), b), ValueError, "one device"),
+    ("bias device", lambda x, w, b: (x, w, b.to("meta")), ValueError, "one device"),
+    ("x not a tensor", lambda x, w, b: (x.tolist(), w, b), TypeError, "x must be a torch.Tensor"),
+    ("weight not a tensor", lambda x, w, b: (x, 2.0, b), TypeError, "weight must be a torch.Tensor"),
+    ("bias not a tensor", lambda x, w, b: (x, w, 1.0), TypeError, "bias must be a torch.Tensor"),
+]
