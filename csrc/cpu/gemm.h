@@ -3,8 +3,8 @@
 //   onednn  oneDNN's inner product, reached through the dispatcher op mkldnn::_linear_pointwise that
 //           PyTorch builds with oneDNN (USE_MKLDNN); bias added in its epilogue. Its kernels pick the
 //           widest ISA the CPU has on any vendor (AVX-512 on AMD Zen 4), where ATen's fp32 mm calls
-//           MKL's sgemm, whose kernel on AMD is its AVX2 path: on the 2-core EPYC of
-//           benchmarks/results ~8% faster on MDT's projection shapes (forward and dx).
+//           MKL's sgemm, which on AMD runs its generic `def` kernels, not its AVX-512 ones: on the
+//           2-core EPYC of benchmarks/results ~8% faster on MDT's projection shapes (forward and dx).
 //   aten     at::addmm / at::mm, as F.linear runs on the CPU.
 // onednn serves float32 and bfloat16 with K > 0; other dtypes and empty inner dimensions take ATen's.
 // The engine is process state: MDT_KERNELS_CPU_GEMM (onednn|aten) gives the default, onednn when

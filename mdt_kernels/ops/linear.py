@@ -2,11 +2,12 @@
 
 Every per-token projection of an MDT block (qkv, attention output, MLP fc2, the long-skip and final
 linears) is a GEMM, and on the CPU the GEMMs are most of a training step (over three quarters of an
-MDTv2-S/2 step, benchmarks/results). F.linear runs them as MKL's sgemm, whose kernel on AMD CPUs is its AVX2 path; the
-C++ kernel (csrc/cpu/linear.cpp) runs x W^T + b and the backward's dx = g W as oneDNN's inner product
-(the engine of csrc/cpu/gemm.h, bias in its epilogue), which uses AVX-512 on any vendor, and
-dW = g^T x as at::mm. ``cpu_gemm_engine()`` says which engine runs; ``use_cpu_gemm_engine("aten")``
-(or MDT_KERNELS_CPU_GEMM=aten) runs ATen's GEMMs instead, for comparison; float16/float64 always do.
+MDTv2-S/2 step, benchmarks/results). F.linear runs them as MKL's sgemm, which on AMD CPUs runs its
+generic `def` kernels rather than AVX-512 ones; the C++ kernel (csrc/cpu/linear.cpp) runs x W^T + b
+and the backward's dx = g W as oneDNN's inner product (the engine of csrc/cpu/gemm.h, bias in its
+epilogue), which uses AVX-512 on any vendor, and dW = g^T x as at::mm. ``cpu_gemm_engine()`` says
+which engine runs; ``use_cpu_gemm_engine("aten")`` (or MDT_KERNELS_CPU_GEMM=aten) runs ATen's GEMMs
+instead, for comparison; float16/float64 always do.
 
 There is deliberately no CUDA or Triton kernel: on GPUs the GEMM is cuBLAS's, which F.linear already
 calls, so the model uses this op only on CPU tensors (mdt.models.Linear). Called on CUDA tensors under
