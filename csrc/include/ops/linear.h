@@ -45,8 +45,10 @@ inline void check_linear(const at::Tensor& x, const at::Tensor& weight, const st
   }
 }
 
-inline void check_linear_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight) {
-  check_linear(x, weight, std::nullopt);
+// check_linear, and grad of y's shape (x's with the last dimension Dout).
+inline void check_linear_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias_opt = std::nullopt) {
+  check_linear(x, weight, bias_opt);
   MDT_CHECK_SAME_DTYPE(x, grad);
   MDT_CHECK_SAME_DEVICE(x, grad);
   const auto out_shape = linear_out_shape(x, weight.size(0));

@@ -11,8 +11,7 @@ inline void check_linear_gelu(const at::Tensor& x, const at::Tensor& weight, con
 
 inline void check_linear_gelu_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight,
                                        const at::Tensor& bias, const at::Tensor& h) {
-  check_linear_gelu(x, weight, bias);
-  check_linear_backward(grad, x, weight);
+  check_linear_backward(grad, x, weight, bias);
   MDT_CHECK_SAME_DTYPE(x, h);
   MDT_CHECK_SAME_DEVICE(x, h);
   TORCH_CHECK_VALUE(h.dim() == 2 && h.size(0) == linear_rows(x) && h.size(1) == weight.size(0),
