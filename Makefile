@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PIP := $(VPY) -m pip install --no-input
 
-.PHONY: venv build test train test-cuda bench bench-optim bench-micro lint clean
+.PHONY: venv build test train bench bench-optim bench-micro lint clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)

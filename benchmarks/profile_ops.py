@@ -73,7 +73,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (benchmarks/gpu_session.sh is checked against it by the tests)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {list(SHAPES)}")
@@ -82,6 +83,11 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per provider")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    return p
+
+
+def main(argv=None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     shapes = [s for s in args.shapes.split(",") if s]

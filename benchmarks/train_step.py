@@ -371,7 +371,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (benchmarks/gpu_session.sh is checked against it by the tests)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["MDTv2-S/2", "DiT-S/2"], help="names from mdt.models.MODELS")
     p.add_argument("--batch", type=int, default=8)
@@ -392,6 +393,11 @@ def main(argv=None) -> None:
                    help="runs of each configuration, alternating fused and unfused (a fresh model each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    return p
+
+
+def main(argv=None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
