@@ -175,6 +175,21 @@ def test_zero_size_and_one_element_params(path, device):
 
 
 @pytest.mark.parametrize("path,device", PATHS)
+def test_grads_with_other_strides_on_size_one_dims(path, device):
+    """Compiled backward (seen with bf16 autocast) can return the gradient of a (D, 1, p, p) conv weight or
+    a (1, N, D) embedding with other strides on its size-1 dimensions; the step must take it as it is."""
+    params = make_params(device=device, shapes=[(16, 1, 2, 2), (1, 6, 4), (3, 1)])
+    opt = make_opt(path, params, max_grad_norm=1.0)
+    oracle = AdanOracle([p.detach().cpu() for p in params], **HYPER, max_grad_norm=1.0)
+    for t in range(1, 3):
+        grads = [g.as_strided(g.shape, [5 if n == 1 else s for s, n in zip(g.stride(), g.shape, strict=True)])
+                 for g in grads_for(params, t)]
+        opt_step(path, opt, params, grads)
+        oracle.step([g.cpu() for g in grads])
+    assert_matches_oracle(params, opt, oracle)
+
+
+@pytest.mark.parametrize("path,device", PATHS)
 def test_restart_opt(path, device):
     params = make_params(device=device)
     opt = make_opt(path, params, weight_decay=0.1)

@@ -46,6 +46,23 @@ def test_tiny_train_step_benchmark(tmp_path):
         assert fused["loss_last"] == pytest.approx(unfused["loss_last"], rel=1e-4)  # after 2 Adan + EMA steps
 
 
+@pytest.mark.skipif("cpu" not in mk.available_backends("cpu"), reason="mdt_kernels._C is not built")
+def test_tiny_compiled_bf16_fused_step(tmp_path):
+    """The configuration of the GPU acceptance run (bf16 autocast, torch.compile, fused kernels and fused
+    Adan), on CPU: compiled backward returns the (D, 1, 2, 2) patch-embedding gradient with other strides on
+    its size-1 dimension, which the fused Adan step once refused."""
+    threads = torch.get_num_threads()
+    argv = ["--models", "MDTv2-Ti/2", "--input-size", "8", "--in-channels", "1", "--num-classes", "10", "--batch", "4",
+            "--iters", "1", "--warmup", "3", "--compile", "on", "--modes", "fused", "--precision", "bf16",
+            "--device", "cpu", "--threads", "1", "--out", str(tmp_path)]
+    try:
+        main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = json.loads((tmp_path / "train_step_cpu_bf16.json").read_text())["rows"]
+    assert row["compiled"] and row["mode"] == "fused" and math.isfinite(row["loss_last"])
+
+
 def test_check_catches_a_wrong_fused_op(monkeypatch):
     real = mk.gated_residual
 

@@ -276,6 +276,12 @@ def _is_dense(t: torch.Tensor) -> bool:
     return True
 
 
+def _same_order(t: torch.Tensor, p: torch.Tensor) -> bool:
+    """Same element order in flat memory: equal strides on every dimension of size > 1 (a size-1
+    dimension's stride addresses nothing; gradients may differ from their parameters there)."""
+    return all(st == sp for st, sp, n in zip(t.stride(), p.stride(), p.shape, strict=True) if n != 1)
+
+
 def _check(params, grads, states) -> None:
     n = len(params)
     for name, lst in zip(("grads",) + STATE_NAMES, (grads,) + states, strict=True):
@@ -362,7 +368,7 @@ def _run(params, grads, states, lr, step, betas, eps, weight_decay, no_prox, cli
                 p = lists[0][j]
                 if all(lst[j].is_contiguous() for lst in lists):
                     continue
-                if not (_is_dense(p) and all(lst[j].stride() == p.stride() for lst in lists[1:])):
+                if not (_is_dense(p) and all(_same_order(lst[j], p) for lst in lists[1:])):
                     for k, lst in enumerate(lists):
                         orig, lst[j] = lst[j], lst[j].contiguous()
                         if k != 1 and lst[j] is not orig:  # grads are only read

@@ -168,6 +168,37 @@ def test_non_contiguous_layouts(backend, device):
     torch.testing.assert_close(base[:, ::3], sliced)  # written through to the base tensor
 
 
+def _restride_unit_dims(t: torch.Tensor, stride: int = 7) -> torch.Tensor:
+    """The same elements in the same memory order, with another stride on every size-1 dimension."""
+    strides = [stride if n == 1 else s for s, n in zip(t.stride(), t.shape, strict=True)]
+    return t.as_strided(t.shape, strides)
+
+
+@pytest.mark.parametrize("backend,device", PAIRS)
+def test_size_one_dims_with_other_strides(backend, device):
+    """Gradients and state may differ from their parameter in the strides of size-1 dimensions only (what
+    compiled backward hands back for a (D, 1, p, p) conv weight or a (1, N, D) embedding): same element
+    order, so every backend must take them as they are and update correctly."""
+    shapes = [(16, 1, 2, 2), (1, 5, 3), (1, 1, 8), (4, 1)]
+    params, states = make_state(shapes, F32, F32, device)
+    oracle = AdanOracle([p.cpu() for p in params], **HYPER)
+    for t in range(1, 3):
+        grads = [_restride_unit_dims(g) for g in grads_for(params, t)]
+        assert all(g.stride() != p.stride() for g, p in zip(grads, params, strict=True))
+        mk.adan_step(params, grads, *states, step=t, backend=backend, **HYPER)
+        oracle.step([g.cpu() for g in grads])
+    assert_matches(params, states, oracle)
+    if backend in ("cpu", "cuda"):  # the registered op itself takes them, for the state too
+        states = [[_restride_unit_dims(s) for s in lst] for lst in states]
+        grads = grads_for(params, 3)
+        (b1, b2, b3), t = HYPER["betas"], 3
+        torch.ops.mdt_kernels.adan_step_(params, [_restride_unit_dims(g, 3) for g in grads], *states,
+                                         torch.ones((), device=device), HYPER["lr"], b1, b2, b3, 1 - b1**t,
+                                         1 - b2**t, math.sqrt(1 - b3**t), HYPER["eps"], 0.0, False, False)
+        oracle.step([g.cpu() for g in grads])
+        assert_matches(params, states, oracle)
+
+
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_unaligned_views(backend, device):
     """Parameters that are views at odd offsets of a larger buffer: the kernels' vector paths need

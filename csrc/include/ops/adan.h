@@ -5,6 +5,16 @@
 
 namespace mdt {
 
+// Same element order in flat memory: equal strides on every dimension of size > 1. A size-1 dimension's
+// stride is never used to address an element, and autograd or inductor may hand back a gradient whose
+// size-1 strides differ from the parameter's (a (D, 1, p, p) conv weight, a (1, N, D) embedding).
+inline bool same_dense_order(const at::Tensor& a, const at::Tensor& b) {
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
 inline void check_adan_list(const at::TensorList& list, const at::TensorList& params, const char* name) {
   TORCH_CHECK_VALUE(list.size() == params.size(), name, " has ", list.size(), " tensors but params has ",
                     params.size());
@@ -14,8 +24,8 @@ inline void check_adan_list(const at::TensorList& list, const at::TensorList& pa
                       p.device());
     TORCH_CHECK_VALUE(t.sizes() == p.sizes(), name, "[", i, "] has shape ", t.sizes(), " but params[", i, "] has ",
                       p.sizes());
-    TORCH_CHECK_VALUE(t.numel() <= 1 || (t.is_non_overlapping_and_dense() && t.strides() == p.strides()), name,
-                      "[", i, "] must be dense with the strides of params[", i, "]");
+    TORCH_CHECK_VALUE(t.numel() <= 1 || (t.is_non_overlapping_and_dense() && same_dense_order(t, p)), name,
+                      "[", i, "] must be dense with the strides of params[", i, "] on every dimension of size > 1");
     TORCH_CHECK_TYPE(t.scalar_type() == list[0].scalar_type(), name, "[", i, "] is ", t.scalar_type(), " but ",
                      name, "[0] is ", list[0].scalar_type(), "; one call takes one dtype per list");
   }
