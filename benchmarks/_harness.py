@@ -134,7 +134,7 @@ def results_stem(out_dir: str, name: str, device: torch.device, meta: dict) -> s
 
 
 def write_results(out_dir: str, name: str, device: torch.device, meta: dict, rows: list[dict],
-                  markdown: Callable[[dict, list[dict]], str]) -> str:
+                  markdown: Callable[[dict, list[dict]], str], quiet: bool = False) -> str:
     """Writes rows to results_stem(...).{json,md}; returns the stem."""
     os.makedirs(out_dir, exist_ok=True)
     base = results_stem(out_dir, name, device, meta)
@@ -142,5 +142,6 @@ def write_results(out_dir: str, name: str, device: torch.device, meta: dict, row
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     with open(base + ".md", "w") as f:
         f.write(markdown(meta, rows))
-    print(f"wrote {base}.md and .json")
+    if not quiet:
+        print(f"wrote {base}.md and .json")
     return base

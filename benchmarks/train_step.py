@@ -444,7 +444,9 @@ def main(argv=None) -> None:
                     last = r == args.rounds - 1
                     runs[mode].append(run_config(name, mode, compiled, args, device, profile=args.profile and last))
             rows += [merge_rounds(runs[mode]) for mode in args.modes]
-    meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
+            # Written after every configuration: a run cut off by a time limit keeps what it measured.
+            meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
+            write_results(args.out, "train_step", device, meta, rows, markdown, quiet=True)
     for w in meta["warnings"]:
         print(w)
     write_results(args.out, "train_step", device, meta, rows, markdown)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import benchmarks.train_step as ts
 import mdt_kernels as mk
 from benchmarks.train_step import add_comparisons, check_step, main
 
@@ -61,6 +62,27 @@ def test_tiny_compiled_bf16_fused_step(tmp_path):
         torch.set_num_threads(threads)
     (row,) = json.loads((tmp_path / "train_step_cpu_bf16.json").read_text())["rows"]
     assert row["compiled"] and row["mode"] == "fused" and math.isfinite(row["loss_last"])
+
+
+@pytest.mark.skipif("cpu" not in mk.available_backends("cpu"), reason="mdt_kernels._C is not built")
+def test_a_run_cut_off_keeps_the_configurations_it_measured(tmp_path, monkeypatch):
+    real = ts.run_config
+
+    def cut_off_at_dit(name, *args, **kw):  # as if the time limit struck during the second model
+        if name == "DiT-Ti/2":
+            raise KeyboardInterrupt
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(ts, "run_config", cut_off_at_dit)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(TINY + ["--threads", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "train_step_cpu_fp32.json").read_text())["rows"]
+    assert {(r["model"], r["mode"]) for r in rows} == {("MDTv2-Ti/2", "fused"), ("MDTv2-Ti/2", "unfused")}
+    assert "MDTv2-Ti/2" in (tmp_path / "train_step_cpu_fp32.md").read_text()
 
 
 def test_check_catches_a_wrong_fused_op(monkeypatch):
