@@ -123,18 +123,29 @@ def main(argv=None) -> None:
                        pct_copy=100 * gbps / bw)
             new_rows.append(row)
             print(markdown(meta, [row]).splitlines()[-1], flush=True)
+        merge_results(args.out, device, meta, new_rows, quiet=True)  # a run cut off keeps the ops it measured
 
+    merge_results(args.out, device, meta, new_rows)
+
+
+def merge_results(out: str, device: torch.device, meta: dict, new_rows: list[dict], quiet: bool = False) -> None:
+    """Merges new_rows into the table in out: a row replaces the one with its (op, shape, mode)."""
     old = []
-    path = results_stem(args.out, "ops", device, meta) + ".json"
+    path = results_stem(out, "ops", device, meta) + ".json"
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)["rows"]
     key = lambda r: (r["op"], r["shape"], r["mode"])  # noqa: E731
     fresh = {key(r) for r in new_rows}
     rows = [r for r in old if key(r) not in fresh] + new_rows
-    rows.sort(key=lambda r: (r["op"], list(SHAPES).index(r["shape"]) if r["shape"] in SHAPES else 99,
-                             MODES.index(r["mode"])))
-    write_results(args.out, "ops", device, meta, rows, markdown)
+    order = list(SHAPES)  # a row's shape is "S/2 B=32 N=256 D=384": order by its first word
+
+    def sort_key(r):
+        size = r["shape"].split()[0]
+        return r["op"], order.index(size) if size in order else len(order), MODES.index(r["mode"])
+
+    rows.sort(key=sort_key)
+    write_results(out, "ops", device, meta, rows, markdown, quiet=quiet)
 
 
 if __name__ == "__main__":
