@@ -5,7 +5,8 @@
 #   benchmarks/gpu_session.sh step    # end-to-end train step, bf16: MDTv2-S/2, MDTv2-XL/2, DiT-S/2 (issue 7)
 #   benchmarks/gpu_session.sh test    # the whole test suite on the GPU (CUDA and Triton kernels)
 #   benchmarks/gpu_session.sh ops     # per-op profile (bf16) and the Adan step on the GPU
-#   benchmarks/gpu_session.sh all     # all three, one after the other (about 20 minutes)
+#   benchmarks/gpu_session.sh all     # all three, one after the other (about 20 minutes; 11 files, more
+#                                     # than the device tool brings back: there, one stage per call)
 #
 # Run it in the repository root of a machine whose python3 has a CUDA torch, triton, pytest and
 # hypothesis (the device tool's machines do). Logs and result tables go to $OUT (default
@@ -65,7 +66,8 @@ run_step() {
   $PY -m benchmarks.train_step --device cuda --precision bf16 --models MDTv2-S/2 MDTv2-XL/2 DiT-S/2 \
     --rounds 3 --iters 20 --profile --out "$OUT" > "$OUT/step.log" 2>&1
   local rc=$?
-  grep -E "speedup|x faster|WARNING|Error" "$OUT/step.log" | head -40
+  grep -E "WARNING|Error" "$OUT/step.log" | head -20
+  grep -h "^|" "$OUT"/train_step_*.md 2>/dev/null | cut -d"|" -f2-9 | head -40  # model .. vs compiled unfused
   return "$rc"
 }
 
