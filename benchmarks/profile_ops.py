@@ -123,13 +123,13 @@ def main(argv=None) -> None:
                        pct_copy=100 * gbps / bw)
             new_rows.append(row)
             print(markdown(meta, [row]).splitlines()[-1], flush=True)
-        merge_results(args.out, device, meta, new_rows, quiet=True)  # a run cut off keeps the ops it measured
+        stem = merge_results(args.out, device, meta, new_rows)  # a run cut off keeps the ops it measured
+    print(f"wrote {stem}.md and .json")
 
-    merge_results(args.out, device, meta, new_rows)
 
-
-def merge_results(out: str, device: torch.device, meta: dict, new_rows: list[dict], quiet: bool = False) -> None:
-    """Merges new_rows into the table in out: a row replaces the one with its (op, shape, mode)."""
+def merge_results(out: str, device: torch.device, meta: dict, new_rows: list[dict]) -> str:
+    """Merges new_rows into the table in out (a row replaces the one with its (op, shape, mode)); returns
+    the table's path without extension."""
     old = []
     path = results_stem(out, "ops", device, meta) + ".json"
     if os.path.exists(path):
@@ -145,7 +145,7 @@ def merge_results(out: str, device: torch.device, meta: dict, new_rows: list[dic
         return r["op"], order.index(size) if size in order else len(order), MODES.index(r["mode"])
 
     rows.sort(key=sort_key)
-    write_results(out, "ops", device, meta, rows, markdown, quiet=quiet)
+    return write_results(out, "ops", device, meta, rows, markdown, quiet=True)
 
 
 if __name__ == "__main__":

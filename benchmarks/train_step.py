@@ -446,10 +446,10 @@ def main(argv=None) -> None:
             rows += [merge_rounds(runs[mode]) for mode in args.modes]
             # Written after every configuration: a run cut off by a time limit keeps what it measured.
             meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
-            write_results(args.out, "train_step", device, meta, rows, markdown, quiet=True)
+            stem = write_results(args.out, "train_step", device, meta, rows, markdown, quiet=True)
     for w in meta["warnings"]:
         print(w)
-    write_results(args.out, "train_step", device, meta, rows, markdown)
+    print(f"wrote {stem}.md and .json")
 
 
 if __name__ == "__main__":
