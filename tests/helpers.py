@@ -136,6 +136,13 @@ def compile_frame_count(fn, calls) -> int:
     return counter.frame_count
 
 
+# (x shape, Dout) of linear and linear_gelu: 3-D, 2-D with 37 rows (2 full CPU row chunks of linear_gelu
+# and a partial one), 1-D, one row, exactly 4 chunks, Dout/Din of 1, 3 and 17, a wider layer, and empty
+# inputs (no rows).
+LINEAR_SHAPES = [((2, 5, 17), 3), ((37, 17), 3), ((17,), 1), ((3,), 17), ((1, 1), 1), ((2, 3, 1), 3),
+                 ((4, 16, 3), 17), ((37, 64), 48), ((0, 5), 3), ((2, 0, 5), 3)]
+
+
 # Bad (x, weight, bias) arguments of linear and linear_gelu, each mutating good ones (x (4, 5), weight
 # (3, 5), bias (3,), float32): (id, mutate, exception, message pattern).
 LINEAR_BAD_INPUTS = [

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from helpers import (
     DTYPES,
     LINEAR_BAD_INPUTS,
+    LINEAR_SHAPES,
     as_float64,
     assert_close,
     assert_same_for_thread_counts,
@@ -126,15 +127,9 @@ def test_reference_is_pytorch_mlp_first_half():
     torch.testing.assert_close(linear_gelu_ref(x, w, b.double()), expected)
 
 
-# x shape and Dout: 3-D, 2-D with 37 rows (2 full CPU row chunks and a partial one), 1-D, one row,
-# exactly 4 chunks, Dout/Din of 1, 3 and 17, a wider layer, and empty inputs (no rows).
-SHAPES = [((2, 5, 17), 3), ((37, 17), 3), ((17,), 1), ((3,), 17), ((1, 1), 1), ((2, 3, 1), 3),
-          ((4, 16, 3), 17), ((37, 64), 48), ((0, 5), 3), ((2, 0, 5), 3)]
-
-
 @pytest.mark.parametrize("backend,device", PAIRS)
 @pytest.mark.parametrize("dtype", ALL_DTYPES.values(), ids=ALL_DTYPES.keys())
-@pytest.mark.parametrize("x_shape,dout", SHAPES, ids=[f"{s}-{d}" for s, d in SHAPES])
+@pytest.mark.parametrize("x_shape,dout", LINEAR_SHAPES, ids=[f"{s}-{d}" for s, d in LINEAR_SHAPES])
 def test_matches_reference(backend, device, dtype, x_shape, dout):
     inputs, g = make(x_shape, dout, dtype, device)
     check(backend, inputs, g)
