@@ -3,17 +3,23 @@
 Environment switches:
   MDT_KERNELS_CUDA=1|0   force the CUDA build on (fails if impossible) or off; default: auto.
   MDT_KERNELS_CUDA_ARCHS e.g. "8.0;9.0" (default: TORCH_CUDA_ARCH_LIST, else "8.0;9.0").
-  MDT_KERNELS_CPU_ARCH   -march value for the CPU kernels (default "native"; "generic" for portable wheels).
+  MDT_KERNELS_CPU_ARCH   -march value for every CPU source (default: none, a portable build whose
+                         vectorised kernels are compiled once per instruction set and chosen when the
+                         extension loads, csrc/cpu/isa.h); "native" for a build that only this CPU runs.
   DEBUG=1                -O0 -g.
 """
 
 import glob
 import os
-
-from setuptools import setup
+import platform
+import re
+import shutil
+import subprocess
 
 import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+from torch.utils.cpp_extension import BuildExtension as TorchBuildExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,17 +38,75 @@ def _want_cuda() -> bool:
     return possible
 
 
+# The vectorised CPU kernels (csrc/cpu/vec/*.cpp) are compiled once per instruction set, with the flags
+# ATen's at::vec expects for it (CPU_CAPABILITY names the inline namespace of each copy); csrc/cpu/isa.h
+# picks one at run time. Lowest first: that is also the link order (see isa.h).
+VEC_SOURCES = sorted(glob.glob(os.path.join("csrc", "cpu", "vec", "*.cpp")))
+CAPABILITIES = {
+    "x86_64": [
+        ("DEFAULT", []),
+        ("AVX2", ["-mavx2", "-mfma", "-mf16c"]),
+        ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]),
+    ],
+}.get(platform.machine().lower().replace("amd64", "x86_64"), [("DEFAULT", [])])
+
+
+def _check_static_initialisers(objects: list[str], capability: str) -> None:
+    """A capability object's static initialisers run when the extension loads, on any CPU: fail the build
+    if one uses a vector instruction (VEX/EVEX-encoded, or ymm/zmm/mask registers). at::vec's headers
+    include <iostream>, whose initialiser is a plain call."""
+    objdump = shutil.which("objdump")
+    if capability == "DEFAULT" or objdump is None or platform.machine() not in ("x86_64", "AMD64"):
+        return
+    for obj in objects:
+        asm = subprocess.run([objdump, "-d", "--no-show-raw-insn", obj], capture_output=True, text=True,
+                             check=True).stdout
+        for func in re.findall(r"^[0-9a-f]+ <(_GLOBAL__sub_I[^>]*)>:\n(.*?)(?:\n\n|\Z)", asm, re.S | re.M):
+            name, body = func
+            bad = [line for line in body.splitlines()
+                   if re.search(r"%[yz]mm|%k[0-7]\b|:\s+v[a-z]", line)]
+            if bad:
+                raise RuntimeError(f"{obj}: the static initialiser {name} of the {capability} kernels uses vector "
+                                   f"instructions that older CPUs lack, and runs when the extension loads: {bad[:3]}")
+
+
+class BuildExtension(TorchBuildExtension):
+    """torch's BuildExtension, plus the per-instruction-set objects of VEC_SOURCES linked into _C."""
+
+    def build_extension(self, ext):
+        flags = ext.extra_compile_args
+        base = list(flags["cxx"] if isinstance(flags, dict) else flags)
+        objects = []
+        for capability, isa_flags in CAPABILITIES:
+            post = base + isa_flags + [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
+            # at::vec's headers: CUDA's `#pragma unroll`; GCC 12 warns on its own AVX-512 intrinsics.
+            post += ["-Wno-unknown-pragmas", "-Wno-uninitialized", "-Wno-maybe-uninitialized"]
+            objs = self.compiler.compile(
+                VEC_SOURCES,
+                output_dir=os.path.join(self.build_temp, "isa", capability.lower()),
+                include_dirs=ext.include_dirs,
+                debug=self.debug,
+                extra_postargs={"cxx": post, "nvcc": []} if isinstance(flags, dict) else post,
+                depends=ext.depends,
+            )
+            _check_static_initialisers(objs, capability)
+            objects += objs
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extension(ext)
+
+
 def _extension():
     debug = os.environ.get("DEBUG", "0") == "1"
-    arch = os.environ.get("MDT_KERNELS_CPU_ARCH", "native")
+    arch = os.environ.get("MDT_KERNELS_CPU_ARCH", "")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-trapping-math: nothing here reads floating-point exception flags, and with it GCC vectorises
     # loops that round (the softmax's exp in rel_pos_attention); results are unchanged.
-    cxx += ["-fopenmp", "-fno-trapping-math"] + ([] if arch == "generic" else [f"-march={arch}"])
+    cxx += ["-fopenmp", "-fno-trapping-math"] + ([] if arch in ("", "generic") else [f"-march={arch}"])
+    cxx += [f"-DMDT_CPU_CAPABILITY_{name}" for name, _ in CAPABILITIES if name != "DEFAULT"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     kwargs = dict(
         name="mdt_kernels._C",
-        include_dirs=[os.path.join(HERE, "csrc", "include")],
+        include_dirs=[os.path.join(HERE, "csrc", "include"), os.path.join(HERE, "csrc", "cpu")],
         extra_link_args=["-fopenmp"],
         py_limited_api=True,
     )

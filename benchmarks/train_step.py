@@ -424,7 +424,8 @@ def main(argv=None) -> None:
     meta = dict(device=device_name(device), device_type=device.type, dtype=args.precision,
                 threads=torch.get_num_threads(), torch=torch.__version__, commit=git_sha(),
                 date=datetime.date.today().isoformat(), load_avg=round(load, 2), memory=memory, config=config,
-                cpu_gemm_engine=mk.cpu_gemm_engine() if device.type == "cpu" else None,
+                cpu_gemm_engine=(mk.cpu_gemm_engine(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+                                 if device.type == "cpu" else None),
                 checks={}, warnings=[])
     print(f"{meta['device']}, torch {meta['torch']}, {args.precision}, batch {args.batch}")
     # The correctness check runs first: its untimed steps also do the once-per-process set-up (library loads,

@@ -36,9 +36,16 @@ TORCH_LIBRARY(mdt_kernels, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // -> (dx, dweight, dbias), dbias of shape (0,) when has_bias is false
   m.def("linear_backward(Tensor grad, Tensor x, Tensor weight, bool has_bias) -> (Tensor, Tensor, Tensor)");
-  // The GEMM engine of the CPU kernels that multiply by a weight: "onednn" or "aten" (csrc/cpu/gemm.h).
-  m.def("cpu_gemm_engine() -> str");
+  // The GEMM engine of the CPU kernels that multiply by a weight (csrc/cpu/gemm.h): the engine that runs
+  // a dtype ("onednn" or "aten"), the setting in force and its setter ("auto", "onednn" or "aten").
+  m.def("cpu_gemm_engine(ScalarType dtype) -> str");
+  m.def("cpu_gemm_setting() -> str");
   m.def("set_cpu_gemm_engine(str name) -> ()");
+  // The instruction set of the vectorised CPU kernels (csrc/cpu/isa.h): the one in use ("default",
+  // "avx2" or "avx512"), every one this build and CPU run, and its setter.
+  m.def("cpu_capability() -> str");
+  m.def("cpu_capabilities() -> str[]");
+  m.def("set_cpu_capability(str name) -> ()");
   // y = GELU_tanh(x W^T + b) for x (..., Din), W (Dout, Din), b (Dout); also returns h = x W^T as
   // (rows of x, Dout), saved for the backward.
   m.def("linear_gelu(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)");

@@ -102,7 +102,7 @@ def attention(q, k, v, bias=None, backend="sdpa"):
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters and state-dict keys) whose CPU GEMMs run as mdt_kernels.linear, on
-    oneDNN where PyTorch has it (see mdt_kernels.cpu_gemm_engine), when the kernel backend is auto or
+    the engine mdt_kernels.cpu_gemm_engine(dtype) names (oneDNN or ATen), when the kernel backend is auto or
     cpu; otherwise (reference, an explicit triton/cuda backend, GPUs) it is exactly nn.Linear, as
     linear has only a CPU kernel. For the per-token projections; the per-sample ones (adaLN, timestep
     MLP: a batch of rows) keep nn.Linear, where the op's call overhead would outweigh the GEMM."""

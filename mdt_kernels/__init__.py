@@ -7,12 +7,17 @@ that can run for the tensors' device). ``use_cpu_gemm_engine`` picks the GEMM of
 
 from ._dispatch import (
     BACKENDS,
+    CPU_CAPABILITIES,
     CPU_GEMM_ENGINES,
     BackendError,
     available_backends,
+    cpu_capabilities,
+    cpu_capability,
     cpu_gemm_engine,
+    cpu_gemm_setting,
     get_backend,
     use_backend,
+    use_cpu_capability,
     use_cpu_gemm_engine,
 )
 from .ops.adaln_modulate import adaln_modulate
@@ -28,12 +33,16 @@ from .ops.unmask_tokens import unmask_tokens
 
 __all__ = [
     "BACKENDS",
+    "CPU_CAPABILITIES",
     "CPU_GEMM_ENGINES",
     "BackendError",
     "adaln_modulate",
     "adan_step",
     "available_backends",
+    "cpu_capabilities",
+    "cpu_capability",
     "cpu_gemm_engine",
+    "cpu_gemm_setting",
     "gated_residual",
     "gather_tokens",
     "get_backend",
@@ -44,6 +53,7 @@ __all__ = [
     "residual_adaln_modulate",
     "unmask_tokens",
     "use_backend",
+    "use_cpu_capability",
     "use_cpu_gemm_engine",
 ]
 __version__ = "0.1.0"

@@ -158,29 +158,82 @@ def resolve(op: str, device: torch.device, kernels: tuple[str, ...] = BACKENDS) 
 # ---------------------------------------------------------------------------------------------------
 # The GEMM engine of the cpu backend's kernels that multiply by a weight (linear, linear_gelu)
 
-CPU_GEMM_ENGINES = ("onednn", "aten")
+CPU_GEMM_ENGINES = ("auto", "onednn", "aten")
+
+# The dtypes the CPU GEMM engine serves; cpu_gemm_engine() reports one engine for each.
+_GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-def cpu_gemm_engine() -> str | None:
-    """"onednn" or "aten": the engine of the CPU GEMMs in linear and linear_gelu (csrc/cpu/gemm.h); None
-    without the compiled extension. MDT_KERNELS_CPU_GEMM sets the default, else onednn where PyTorch has
-    it."""
-    return None if _EXT_ERROR is not None else torch.ops.mdt_kernels.cpu_gemm_engine()
+def cpu_gemm_engine(dtype: torch.dtype | None = None) -> str | dict[str, str] | None:
+    """The engine ("onednn" or "aten") that runs the CPU GEMMs of linear and linear_gelu in ``dtype``,
+    or, without a dtype, a dict of it for float32, bfloat16, float16 and float64; None without the
+    compiled extension. The setting (MDT_KERNELS_CPU_GEMM or use_cpu_gemm_engine, default "auto")
+    chooses per dtype: auto takes oneDNN only where this CPU runs the dtype on it and it was measured
+    faster (fp32 with AVX-512, bf16 where oneDNN has it), "onednn" wherever oneDNN runs the dtype,
+    "aten" never; a dtype oneDNN cannot run here (bf16 without AVX-512) always gets ATen's."""
+    if _EXT_ERROR is not None:
+        return None
+    if dtype is not None:
+        return torch.ops.mdt_kernels.cpu_gemm_engine(dtype)
+    return {str(d).removeprefix("torch."): torch.ops.mdt_kernels.cpu_gemm_engine(d) for d in _GEMM_DTYPES}
+
+
+def cpu_gemm_setting() -> str | None:
+    """The CPU GEMM setting in force: "auto", "onednn" or "aten" (None without the extension)."""
+    return None if _EXT_ERROR is not None else torch.ops.mdt_kernels.cpu_gemm_setting()
 
 
 class use_cpu_gemm_engine:
-    """Selects the CPU GEMM engine globally; as a context manager, restores the previous one on exit."""
+    """Selects the CPU GEMM setting ("auto", "onednn" or "aten") globally; as a context manager,
+    restores the previous one on exit."""
 
     def __init__(self, name: str):
         if name not in CPU_GEMM_ENGINES:
             raise ValueError(f"unknown CPU GEMM engine {name!r}; choose one of {', '.join(CPU_GEMM_ENGINES)}")
         if _EXT_ERROR is not None:
             raise BackendError(f"no CPU GEMM engine to select: {_EXT_ERROR}")
-        self._previous = cpu_gemm_engine()
-        torch.ops.mdt_kernels.set_cpu_gemm_engine(name)  # ValueError when this PyTorch lacks the engine
+        self._previous = cpu_gemm_setting()
+        torch.ops.mdt_kernels.set_cpu_gemm_engine(name)  # ValueError when this PyTorch lacks oneDNN
 
     def __enter__(self) -> use_cpu_gemm_engine:
         return self
 
     def __exit__(self, *exc) -> None:
         torch.ops.mdt_kernels.set_cpu_gemm_engine(self._previous)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The instruction set of the cpu backend's vectorised kernels (csrc/cpu/isa.h)
+
+CPU_CAPABILITIES = ("default", "avx2", "avx512")
+
+
+def cpu_capability() -> str | None:
+    """The instruction set the CPU kernels run now: "default" (the portable baseline), "avx2" or
+    "avx512"; None without the compiled extension. The best one this build and CPU have, unless capped
+    by MDT_KERNELS_CPU_CAPABILITY, else by ATen's ATEN_CPU_CAPABILITY, or set by use_cpu_capability."""
+    return None if _EXT_ERROR is not None else torch.ops.mdt_kernels.cpu_capability()
+
+
+def cpu_capabilities() -> list[str]:
+    """Every instruction set of the CPU kernels that this build has and this CPU runs, lowest first."""
+    return [] if _EXT_ERROR is not None else list(torch.ops.mdt_kernels.cpu_capabilities())
+
+
+class use_cpu_capability:
+    """Sets the instruction set of the CPU kernels (one of cpu_capabilities()) globally; as a context
+    manager, restores the previous one on exit."""
+
+    def __init__(self, name: str):
+        if name not in CPU_CAPABILITIES:
+            raise ValueError(f"unknown CPU capability {name!r}; choose one of {', '.join(CPU_CAPABILITIES)}")
+        if _EXT_ERROR is not None:
+            raise BackendError(f"no CPU kernels to select: {_EXT_ERROR}")
+        self._previous = cpu_capability()
+        torch.ops.mdt_kernels.set_cpu_capability(name)  # ValueError when this CPU or build lacks it
+
+    def __enter__(self) -> use_cpu_capability:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.ops.mdt_kernels.set_cpu_capability(self._previous)

@@ -2,47 +2,25 @@
 #include "gemm.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cpu/Utils.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
 
 namespace mdt::gemm {
 namespace {
 
-enum class Engine : int { kUnset = -1, kOneDNN = 0, kATen = 1 };
+enum class Setting : int { kUnset = -1, kAuto = 0, kOneDNN = 1, kATen = 2 };
 
-std::atomic<int> g_engine{static_cast<int>(Engine::kUnset)};
+std::atomic<int> g_setting{static_cast<int>(Setting::kUnset)};
 
 // PyTorch's oneDNN linear, when this torch was built with oneDNN.
 const c10::OperatorHandle* onednn_linear_op() {
   static const std::optional<c10::OperatorHandle> op =
       c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
   return op.has_value() ? &*op : nullptr;
-}
-
-Engine parse(const std::string& name, const char* origin) {
-  if (name == "onednn") {
-    TORCH_CHECK_VALUE(onednn_linear_op() != nullptr, origin, ": the onednn CPU GEMM engine needs a PyTorch built ",
-                      "with oneDNN (mkldnn::_linear_pointwise is not registered); use \"aten\"");
-    return Engine::kOneDNN;
-  }
-  if (name == "aten") return Engine::kATen;
-  TORCH_CHECK_VALUE(false, origin, ": unknown CPU GEMM engine \"", name, "\"; choose onednn or aten");
-}
-
-Engine engine() {
-  int e = g_engine.load(std::memory_order_relaxed);
-  if (e == static_cast<int>(Engine::kUnset)) {
-    const char* env = std::getenv("MDT_KERNELS_CPU_GEMM");
-    const Engine chosen = (env != nullptr && *env != '\0') ? parse(env, "MDT_KERNELS_CPU_GEMM")
-                          : onednn_linear_op() != nullptr ? Engine::kOneDNN
-                                                           : Engine::kATen;
-    int expected = static_cast<int>(Engine::kUnset);
-    g_engine.compare_exchange_strong(expected, static_cast<int>(chosen));
-    e = g_engine.load(std::memory_order_relaxed);
-  }
-  return static_cast<Engine>(e);
 }
 
 at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
@@ -58,18 +36,122 @@ at::Tensor onednn_linear(const at::Tensor& x, const at::Tensor& w, const std::op
   return stack.back().toTensor();
 }
 
-}  // namespace
-
-std::string engine_name() { return engine() == Engine::kOneDNN ? "onednn" : "aten"; }
-
-void set_engine(const std::string& name) {
-  g_engine.store(static_cast<int>(parse(name, "set_cpu_gemm_engine")), std::memory_order_relaxed);
+// Whether oneDNN computes an inner product in this dtype on this CPU, under this process's oneDNN ISA
+// cap: a 2x16x16 product with bias is run once per dtype and compared with ATen's. oneDNN raises (no
+// primitive descriptor) for bf16 on CPUs without AVX-512; any such failure means "no".
+bool onednn_runs_uncached(at::ScalarType dtype) {
+  if (onednn_linear_op() == nullptr || (dtype != at::kFloat && dtype != at::kBFloat16)) return false;
+  try {
+    const auto opts = at::TensorOptions().dtype(dtype);
+    const auto x = at::arange(32, opts).reshape({2, 16}).div_(16);
+    const auto w = at::arange(256, opts).reshape({16, 16}).div_(256);
+    const auto b = at::ones({16}, opts);
+    const auto y = onednn_linear(x, w, b);
+    return y.sizes() == at::IntArrayRef({2, 16}) &&
+           at::allclose(y.to(at::kFloat), at::addmm(b, x, w.t()).to(at::kFloat), 2e-2, 2e-2);
+  } catch (const std::exception&) {
+    return false;
+  }
 }
 
+bool onednn_runs(at::ScalarType dtype) {
+  if (dtype == at::kFloat) {
+    static const bool f32 = onednn_runs_uncached(at::kFloat);
+    return f32;
+  }
+  if (dtype == at::kBFloat16) {
+    static const bool bf16 = onednn_runs_uncached(at::kBFloat16);
+    return bf16;
+  }
+  return false;
+}
+
+// Whether oneDNN may use its AVX-512 kernels here: the CPU has AVX-512 (F, BW, VL, DQ: oneDNN's
+// avx512_core) and ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) does not cap it below.
+bool onednn_avx512() {
+  const auto caps = at::cpu::get_cpu_capabilities();
+  for (const char* key : {"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}) {
+    const auto it = caps.find(key);
+    if (it == caps.end() || !it->second.isBool() || !it->second.toBool()) return false;
+  }
+  for (const char* var : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
+    const char* cap = std::getenv(var);
+    if (cap == nullptr || *cap == '\0') continue;
+    std::string v(cap);
+    for (auto& ch : v) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    return v == "ALL" || v == "DEFAULT" || v.rfind("AVX512", 0) == 0 || v.rfind("AVX10", 0) == 0;
+  }
+  return true;
+}
+
+// auto's choice: oneDNN where it runs the dtype and was measured faster than ATen (benchmarks/results):
+// fp32 with AVX-512 kernels (MKL's sgemm runs its generic kernels on AMD; 3-12% per projection), and
+// bf16 wherever oneDNN runs it (ATen's own bf16 mm calls oneDNN there too, without the bias epilogue).
+// fp32 on AVX2 measured no faster (train step 1.14x vs 1.13x): ATen.
+bool auto_prefers_onednn(at::ScalarType dtype) {
+  if (!onednn_runs(dtype)) return false;
+  if (dtype == at::kFloat) {
+    static const bool avx512 = onednn_avx512();
+    return avx512;
+  }
+  return dtype == at::kBFloat16;
+}
+
+Setting parse(const std::string& name, const char* origin) {
+  if (name == "onednn") {
+    TORCH_CHECK_VALUE(onednn_linear_op() != nullptr, origin, ": the onednn CPU GEMM engine needs a PyTorch built ",
+                      "with oneDNN (mkldnn::_linear_pointwise is not registered); use \"aten\" or \"auto\"");
+    return Setting::kOneDNN;
+  }
+  if (name == "aten") return Setting::kATen;
+  if (name == "auto") return Setting::kAuto;
+  TORCH_CHECK_VALUE(false, origin, ": unknown CPU GEMM engine \"", name, "\"; choose auto, onednn or aten");
+}
+
+Setting setting() {
+  int s = g_setting.load(std::memory_order_relaxed);
+  if (s == static_cast<int>(Setting::kUnset)) {
+    const char* env = std::getenv("MDT_KERNELS_CPU_GEMM");
+    const Setting chosen = (env != nullptr && *env != '\0') ? parse(env, "MDT_KERNELS_CPU_GEMM") : Setting::kAuto;
+    int expected = static_cast<int>(Setting::kUnset);
+    g_setting.compare_exchange_strong(expected, static_cast<int>(chosen));
+    s = g_setting.load(std::memory_order_relaxed);
+  }
+  return static_cast<Setting>(s);
+}
+
+bool use_onednn(at::ScalarType dtype) {
+  switch (setting()) {
+    case Setting::kOneDNN:
+      return onednn_runs(dtype);
+    case Setting::kAuto:
+      return auto_prefers_onednn(dtype);
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+std::string setting_name() {
+  switch (setting()) {
+    case Setting::kOneDNN:
+      return "onednn";
+    case Setting::kATen:
+      return "aten";
+    default:
+      return "auto";
+  }
+}
+
+void set_setting(const std::string& name) {
+  g_setting.store(static_cast<int>(parse(name, "set_cpu_gemm_engine")), std::memory_order_relaxed);
+}
+
+std::string engine_name(at::ScalarType dtype) { return use_onednn(dtype) ? "onednn" : "aten"; }
+
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
-  const auto dtype = x.scalar_type();
-  if (engine() == Engine::kOneDNN && (dtype == at::kFloat || dtype == at::kBFloat16) && x.size(1) > 0 &&
-      x.size(0) > 0 && w.size(0) > 0) {
+  if (x.size(1) > 0 && x.size(0) > 0 && w.size(0) > 0 && use_onednn(x.scalar_type())) {
     return onednn_linear(x, w, bias);
   }
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
@@ -79,14 +161,17 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<
 
 namespace {
 
-std::string cpu_gemm_engine() { return mdt::gemm::engine_name(); }
+std::string cpu_gemm_engine(at::ScalarType dtype) { return mdt::gemm::engine_name(dtype); }
 
-void set_cpu_gemm_engine(std::string name) { mdt::gemm::set_engine(name); }
+std::string cpu_gemm_setting() { return mdt::gemm::setting_name(); }
+
+void set_cpu_gemm_engine(std::string name) { mdt::gemm::set_setting(name); }
 
 }  // namespace
 
 // No tensor arguments: one kernel for every dispatch key.
 TORCH_LIBRARY_IMPL(mdt_kernels, CompositeExplicitAutograd, m) {
   m.impl("cpu_gemm_engine", &cpu_gemm_engine);
+  m.impl("cpu_gemm_setting", &cpu_gemm_setting);
   m.impl("set_cpu_gemm_engine", &set_cpu_gemm_engine);
 }

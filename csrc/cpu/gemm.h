@@ -6,10 +6,16 @@
 //           MKL's sgemm, which on AMD runs its generic `def` kernels, not its AVX-512 ones: on the
 //           2-core EPYC of benchmarks/results ~8% faster on MDT's projection shapes (forward and dx).
 //   aten     at::addmm / at::mm, as F.linear runs on the CPU.
-// onednn serves float32 and bfloat16 with K > 0; other dtypes and empty inner dimensions take ATen's.
-// The engine is process state: MDT_KERNELS_CPU_GEMM (onednn|aten) gives the default, onednn when
-// PyTorch has it; set_engine changes it (mdt_kernels.set_cpu_gemm_engine). The weight gradient
-// dW = g^T x stays at::mm in both: oneDNN is slower than MKL on that transposed layout.
+// The engine is chosen per dtype, from a setting (MDT_KERNELS_CPU_GEMM or set_setting):
+//   auto    (default) oneDNN for a dtype only where this CPU runs it and it was measured faster
+//           (engine_for below), ATen otherwise;
+//   onednn  oneDNN for every dtype it runs on this CPU, ATen for the others;
+//   aten    ATen for every dtype.
+// Whether oneDNN runs a dtype is found out once per dtype by running a tiny inner product: oneDNN has
+// no bf16 inner product on a CPU without AVX-512 (or under ONEDNN_MAX_CPU_ISA=AVX2), and raises where
+// ATen's bf16 mm falls back to its own GEMM. So no setting ever makes a GEMM fail. float16, float64 and
+// empty inner dimensions always take ATen's. The weight gradient dW = g^T x stays at::mm in every
+// engine: oneDNN is slower than MKL on that transposed layout.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -18,11 +24,15 @@
 
 namespace mdt::gemm {
 
-// "onednn" or "aten": the engine in use now.
-std::string engine_name();
+// "auto", "onednn" or "aten": the setting in force.
+std::string setting_name();
 
-// Selects the engine by name; raises ValueError for an unknown name or an engine PyTorch lacks.
-void set_engine(const std::string& name);
+// Selects the setting by name; raises ValueError for an unknown name, or for "onednn" when PyTorch
+// was built without oneDNN.
+void set_setting(const std::string& name);
+
+// "onednn" or "aten": the engine that runs GEMMs of this dtype now.
+std::string engine_name(at::ScalarType dtype);
 
 // (M, N) = x (M, K), contiguous, times w^T for w (N, K) of any strides, plus bias (N,) when given.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias);

@@ -5,9 +5,11 @@ linears) is a GEMM, and on the CPU the GEMMs are most of a training step (over t
 MDTv2-S/2 step, benchmarks/results). F.linear runs them as MKL's sgemm, which on AMD CPUs runs its
 generic `def` kernels rather than AVX-512 ones; the C++ kernel (csrc/cpu/linear.cpp) runs x W^T + b
 and the backward's dx = g W as oneDNN's inner product (the engine of csrc/cpu/gemm.h, bias in its
-epilogue), which uses AVX-512 on any vendor, and dW = g^T x as at::mm. ``cpu_gemm_engine()`` says
-which engine runs; ``use_cpu_gemm_engine("aten")`` (or MDT_KERNELS_CPU_GEMM=aten) runs ATen's GEMMs
-instead, for comparison; float16/float64 always do.
+epilogue), which uses AVX-512 on any vendor, and dW = g^T x as at::mm. The engine is chosen per
+dtype, oneDNN only where this CPU runs the dtype on it and it measured faster (fp32 with AVX-512; bf16
+where oneDNN has it, which needs AVX-512); ``cpu_gemm_engine(dtype)`` says which runs.
+``use_cpu_gemm_engine("aten")`` (or MDT_KERNELS_CPU_GEMM=aten) runs ATen's GEMMs for every dtype, for
+comparison; float16/float64 always do.
 
 There is deliberately no CUDA or Triton kernel: on GPUs the GEMM is cuBLAS's, which F.linear already
 calls, so the model uses this op only on CPU tensors (mdt.models.Linear). Called on CUDA tensors under
@@ -106,7 +108,7 @@ def autocast_inputs(x, weight, bias):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, its CPU GEMMs on the engine of ``cpu_gemm_engine()``.
+    """``F.linear(x, weight, bias)``, its CPU GEMMs on the engine of ``cpu_gemm_engine(x.dtype)``.
 
     Args:
         x: (..., Din) float32/float16/bfloat16/float64.

@@ -190,44 +190,71 @@ def test_opcheck(engine):
                     torch.library.opcheck(bwd, (g, x.detach(), w.detach(), bias))
 
 
-@needs_ext
-@pytest.mark.skipif(not HAS_ONEDNN, reason="this PyTorch has no oneDNN")
-def test_engine_runs_what_it_says():
-    # No silent fallback: onednn runs mkldnn::_linear_pointwise for float32/bfloat16 (forward and dx),
-    # aten never does; float64 and float16 always take ATen's GEMMs.
-    def gemm_ops(engine, dtype):
-        (x, w, b), g = make((3, 8, 16), 12, dtype)
-        with torch.profiler.profile() as prof:
-            run([x, w, b], g, engine)
-        return [e.name for e in prof.events() if e.name in ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm")]
+def _onednn_isa_capped():
+    """True when ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA) keeps oneDNN below its AVX-512 kernels."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return bool(cap) and cap not in ("ALL", "DEFAULT") and not cap.startswith(("AVX512", "AVX10"))
 
-    for dtype in (torch.float32, torch.bfloat16):
-        assert gemm_ops("onednn", dtype).count("mkldnn::_linear_pointwise") == 2
-        assert "mkldnn::_linear_pointwise" not in gemm_ops("aten", dtype)
-    for dtype in (torch.float64, torch.float16):
-        assert "mkldnn::_linear_pointwise" not in gemm_ops("onednn", dtype)
+
+def expected_engine(setting, dtype):
+    """What the engine must be, from PyTorch's own view of this CPU (not from our extension): oneDNN
+    runs fp32 always, and bf16 only with AVX-512 (PyTorch's mkldnn bf16 device check) and no ISA cap
+    below it; auto takes oneDNN for fp32 only with AVX-512, for bf16 wherever it runs."""
+    if not HAS_ONEDNN or setting == "aten":
+        return "aten"
+    avx512 = torch.cpu._is_avx512_supported() and not _onednn_isa_capped()
+    runs = {torch.float32: True, torch.bfloat16: bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and avx512}
+    if not runs.get(dtype, False):
+        return "aten"
+    if setting == "onednn" or dtype == torch.bfloat16:
+        return "onednn"
+    return "onednn" if avx512 else "aten"
+
+
+@needs_ext
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", list(ALL_DTYPES.values()), ids=list(ALL_DTYPES))
+def test_engine_runs_what_it_says(engine, dtype):
+    # No silent fallback: the engine cpu_gemm_engine reports for the dtype is the one PyTorch's view of
+    # this CPU calls for, and the one that runs (the forward and dx GEMMs on mkldnn::_linear_pointwise,
+    # or none of them); a dtype oneDNN cannot run here never reaches it, so no setting can crash.
+    (x, w, b), g = make((3, 8, 16), 12, dtype)
+    with mk.use_cpu_gemm_engine(engine):
+        reported = mk.cpu_gemm_engine(dtype)
+        assert mk.cpu_gemm_engine()[str(dtype).removeprefix("torch.")] == reported
+    assert reported == expected_engine(engine, dtype)
+    with torch.profiler.profile() as prof:
+        run([x, w, b], g, engine)
+    onednn_calls = [e.name for e in prof.events()].count("mkldnn::_linear_pointwise")
+    assert onednn_calls == (2 if reported == "onednn" else 0)
 
 
 @needs_ext
 def test_engine_selection():
-    default = mk.cpu_gemm_engine()
-    assert default == ("onednn" if HAS_ONEDNN and not os.environ.get("MDT_KERNELS_CPU_GEMM") else default)
+    default = mk.cpu_gemm_setting()
+    assert default == os.environ.get("MDT_KERNELS_CPU_GEMM", "auto")
+    before = mk.cpu_gemm_engine()
+    assert set(before.values()) <= {"onednn", "aten"}
     with mk.use_cpu_gemm_engine("aten"):
-        assert mk.cpu_gemm_engine() == "aten"
-    assert mk.cpu_gemm_engine() == default
+        assert mk.cpu_gemm_setting() == "aten"
+        assert set(mk.cpu_gemm_engine().values()) == {"aten"}
+    assert mk.cpu_gemm_setting() == default and mk.cpu_gemm_engine() == before
     with pytest.raises(ValueError, match="unknown CPU GEMM engine 'blas'"):
         mk.use_cpu_gemm_engine("blas")
     with pytest.raises(ValueError, match='unknown CPU GEMM engine "blas"'):
         torch.ops.mdt_kernels.set_cpu_gemm_engine("blas")
-    assert mk.cpu_gemm_engine() == default
+    assert mk.cpu_gemm_setting() == default
 
 
 @needs_ext
 @pytest.mark.parametrize("value,expected",
-                         [("aten", "aten"), ("gemm", "MDT_KERNELS_CPU_GEMM: unknown CPU GEMM engine")])
+                         [("aten", "aten"), ("onednn", "onednn"), ("auto", "auto"),
+                          ("gemm", "MDT_KERNELS_CPU_GEMM: unknown CPU GEMM engine")])
 def test_engine_environment_variable(value, expected):
+    if value == "onednn" and not HAS_ONEDNN:
+        pytest.skip("this PyTorch has no oneDNN")
     code = ("import torch, mdt_kernels as mk\n"
-            "try:\n    print(mk.cpu_gemm_engine())\n"
+            "try:\n    print(mk.cpu_gemm_setting(), mk.cpu_gemm_engine())\n"
             "except ValueError as e:\n    print(e)\n")
     env = {**os.environ, "MDT_KERNELS_CPU_GEMM": value}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -238,8 +265,8 @@ def test_engine_environment_variable(value, expected):
 @needs_ext
 def test_cpu_results_repeat_exactly():
     (x, w, b), g = make((10, 100, 24), 40, torch.float32)
-    first = run([x, w, b], g, mk.cpu_gemm_engine())
-    for a, r in zip(run([x, w, b], g, mk.cpu_gemm_engine()), first, strict=True):
+    first = run([x, w, b], g, mk.cpu_gemm_setting())
+    for a, r in zip(run([x, w, b], g, mk.cpu_gemm_setting()), first, strict=True):
         assert torch.equal(a, r)
 
 
