@@ -3,8 +3,8 @@
 The weights come from a training checkpoint (`--checkpoint`; its EMA weights unless `--weights model`)
 or from a plain state dict such as the official MDTv2-XL/2 release (`--weights-file PATH --model NAME`;
 input size, channels and classes are read off the weights unless given). `--num-per-class` pictures of
-each class in `--classes` are sampled with DDPM or DDIM and MDT's classifier-free guidance, latents are
-decoded with the VAE, and OUT.png (one row per class) and OUT.npz (ADM evaluator format) are written.
+each class in `--classes` are sampled with DDPM, DDIM or DPM-Solver++ and MDT's classifier-free guidance,
+latents are decoded with the VAE, and OUT.png (one row per class) and OUT.npz (ADM evaluator format) are written.
 """
 
 from __future__ import annotations
@@ -148,8 +148,11 @@ def add_sampling_arguments(parser, num_per_class: int = 8):
                         help="classifier-free guidance scale (1: none; MDT's FID setting: 3.8)")
     parser.add_argument("--scale-pow", type=float, default=None,
                         help="power of the guidance schedule; unset: the model's (MDTv2 4, DiT 0 = constant)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    parser.add_argument("--steps", type=int, default=250, help="sampling steps (respaced from 1000)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                        help="ddpm (ancestral, MDT's FID setting), ddim (eta 0) or dpm++ (DPM-Solver++(2M), "
+                             "about 25 steps)")
+    parser.add_argument("--steps", type=int, default=250,
+                        help="sampling steps = model evaluations (respaced from 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64, help="pictures per forward pass")
     parser.add_argument("--device", default=None, help="cuda or cpu; unset: cuda when available")
@@ -242,6 +245,13 @@ def resolve_vae(info: dict, vae_arg, checkpoint) -> str | None:
     return vae_arg
 
 
+def sample_tag(info: dict, args) -> str:
+    """The default file stem of a sampling run, e.g. MDTv2-XL-2_step400000_dpmpp25_cfg3.8_seed0."""
+    cfg = f"_cfg{args.cfg_scale:g}" if args.cfg_scale > 1 else ""
+    sampler = args.sampler.replace("+", "p")
+    return f"{info['model'].replace('/', '-')}_{info['source']}_{sampler}{args.steps}{cfg}_seed{args.seed}"
+
+
 def run(args):
     from .latents import default_device
 
@@ -251,8 +261,7 @@ def run(args):
     if args.latent_scale is not None:
         info["latent_scale"] = args.latent_scale
     pictures, labels = sample_pictures(model, info, args)
-    cfg = f"_cfg{args.cfg_scale:g}" if args.cfg_scale > 1 else ""
-    tag = f"{info['model'].replace('/', '-')}_{info['source']}_{args.sampler}{args.steps}{cfg}_seed{args.seed}"
+    tag = sample_tag(info, args)
     png, npz = save_samples(pictures, labels, output_stem(args.out, tag), args.num_per_class)
     n, h, w, c = pictures.shape
     print(f"wrote {n} samples ({h}x{w}x{c}) of {info['model']} to {npz} and a grid of them to {png}")
