@@ -165,21 +165,32 @@ def sample_pictures(model, info: dict, args) -> tuple[np.ndarray, torch.Tensor]:
     if args.num_per_class < 1 or args.batch_size < 1:
         raise ValueError("--num-per-class and --batch-size must be positive")
     classes = parse_classes(args.classes, info["num_classes"])
+    check_guidance(model, info, args)
+    labels = torch.tensor(classes).repeat_interleave(args.num_per_class)  # (n,)
+    return render_pictures(model, info, args, labels, args.seed, progress=sys.stderr.isatty()), labels
+
+
+def check_guidance(model, info: dict, args) -> None:
     if args.cfg_scale > 1 and model.y_embedder.embedding_table.num_embeddings <= info["num_classes"]:
         raise ValueError("this model was trained without class dropout (no null class): classifier-free guidance "
                          "needs one; use --cfg-scale 1")
-    labels = torch.tensor(classes).repeat_interleave(args.num_per_class)  # (n,)
+
+
+def render_pictures(model, info: dict, args, labels: torch.Tensor, seed: int, progress: bool = False,
+                    vae=None) -> np.ndarray:
+    """(n, H, W, C) uint8 pictures of class `labels` sampled with `seed`; latents are decoded with `vae` or
+    info["vae"] (None: the model samples pictures)."""
     latent = info.get("vae") is not None
     x = generate(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                 scale_pow=args.scale_pow, clip_denoised=not latent, seed=args.seed, batch_size=args.batch_size,
-                 progress=sys.stderr.isatty())  # (n, C, h, w) in model space
+                 scale_pow=args.scale_pow, clip_denoised=not latent, seed=seed, batch_size=args.batch_size,
+                 progress=progress)  # (n, C, h, w) in model space
     if not latent:
-        return to_uint8(x.clamp(-1, 1)), labels
+        return to_uint8(x.clamp(-1, 1))
     from .latents import VAE_SCALE, decode_latents, load_vae
 
-    vae = load_vae(info["vae"], next(model.parameters()).device)
+    vae = vae or load_vae(info["vae"], next(model.parameters()).device)
     scale = info.get("latent_scale") or VAE_SCALE
-    return np.concatenate([to_uint8(decode_latents(vae, z, scale)) for z in x.split(args.batch_size)]), labels
+    return np.concatenate([to_uint8(decode_latents(vae, z, scale)) for z in x.split(args.batch_size)])
 
 
 def save_samples(pictures: np.ndarray, labels: torch.Tensor, stem: str, per_class: int) -> tuple[str, str]:
@@ -230,6 +241,10 @@ def add_arguments(parser):
     parser.add_argument("--latent-scale", type=float, default=None,
                         help="latent scale of a latent model; unset: the checkpoint's, else 0.18215")
     parser.add_argument("--out", default="samples/", help="output folder, or file stem for OUT.png and OUT.npz")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="sample this many pictures of random classes (of --classes) in shards of --batch-size "
+                             "into OUT.shards/, resumable and split over torchrun processes, then merge them "
+                             "into OUT.npz (instead of --num-per-class; see mdt.sample_shards)")
 
 
 def resolve_vae(info: dict, vae_arg, checkpoint) -> str | None:
@@ -255,14 +270,35 @@ def sample_tag(info: dict, args) -> str:
 def run(args):
     from .latents import default_device
 
-    device = torch.device(args.device or default_device())
+    sharded = args.num_samples is not None
+    if sharded:
+        from .sample_shards import init_process_group, run_sharded
+
+        device = init_process_group(args.device)
+    else:
+        device = torch.device(args.device or default_device())
     model, info = model_from_args(args, device)
     info["vae"] = resolve_vae(info, args.vae, args.checkpoint)
     if args.latent_scale is not None:
         info["latent_scale"] = args.latent_scale
-    pictures, labels = sample_pictures(model, info, args)
     tag = sample_tag(info, args)
-    png, npz = save_samples(pictures, labels, output_stem(args.out, tag), args.num_per_class)
-    n, h, w, c = pictures.shape
-    print(f"wrote {n} samples ({h}x{w}x{c}) of {info['model']} to {npz} and a grid of them to {png}")
+    if sharded:
+        check_guidance(model, info, args)
+        vae = None
+        if info.get("vae") is not None:
+            from .latents import load_vae
+
+            vae = load_vae(info["vae"], device)
+        png, npz = run_sharded(model, info, args, output_stem(args.out, tag),
+                               lambda labels, seed: render_pictures(model, info, args, labels, seed, vae=vae))
+        with np.load(npz) as f:
+            n, h, w, c = f["arr_0"].shape
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    else:
+        pictures, labels = sample_pictures(model, info, args)
+        png, npz = save_samples(pictures, labels, output_stem(args.out, tag), args.num_per_class)
+        n, h, w, c = pictures.shape
+    if not sharded or int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {n} samples ({h}x{w}x{c}) of {info['model']} to {npz} and a grid of them to {png}")
     return 0
