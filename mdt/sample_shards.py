@@ -132,12 +132,17 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
                 "vae": info.get("vae"), "latent_scale": info.get("latent_scale")}
     todo = None
     if rank == 0:
-        check_settings(folder, settings)
-        todo = [k for k in range(num_shards) if not os.path.exists(shard_path(folder, k))]
+        try:
+            check_settings(folder, settings)
+            todo = [k for k in range(num_shards) if not os.path.exists(shard_path(folder, k))]
+        except (ValueError, OSError) as e:
+            todo = e  # the other ranks stop too instead of waiting for rank 0
     if world > 1:
         box = [todo]
         dist.broadcast_object_list(box, src=0)
         todo = box[0]
+    if isinstance(todo, Exception):
+        raise todo
     mine = todo[rank::world]
     exit_after = int(os.environ.get(EXIT_AFTER_ENV, "0") or 0)
     if rank == 0:

@@ -28,9 +28,9 @@ def checkpoint(tmp_path_factory):
         "model": _perturbed(model, 1), "ema": _perturbed(model, 2), "opt": {}, "rng": {}, "config": DIGITS_CONFIG})
 
 
-def torchrun(checkpoint, out, env=None):
+def torchrun(checkpoint, out, env=None, args=ARGS):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mdt.cli",
-           "sample", "--checkpoint", checkpoint, "--out", out, "--device", "cpu", *map(str, ARGS)]
+           "sample", "--checkpoint", checkpoint, "--out", out, "--device", "cpu", *map(str, args)]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
            **(env or {})}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -78,6 +78,9 @@ def test_torchrun_killed_midway_and_restarted_equals_an_uninterrupted_run(tmp_pa
     assert "2 done, 2 to sample on 2 process(es)" in resumed.stderr
     assert {f: os.stat(os.path.join(folder, f)).st_mtime_ns for f in left} == stamps  # not redone
     assert (tmp_path / "cut" / "run.npz").read_bytes() == whole
+    # other settings on these shards: every rank stops with the one-line error (none waits for the others)
+    other = torchrun(checkpoint, str(tmp_path / "cut" / "run"), args=[*ARGS[:-1], 5])
+    assert other.returncode != 0 and other.stderr.count("other settings (seed: 4 there, 5 now)") == 2
     # and one process makes the same samples as two
     code, out, err = mdt(["sample", "--checkpoint", checkpoint, "--out", tmp_path / "one" / "run", "--device", "cpu",
                           *ARGS], capsys)
