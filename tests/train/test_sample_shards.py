@@ -69,13 +69,14 @@ def test_torchrun_killed_midway_and_restarted_equals_an_uninterrupted_run(tmp_pa
     assert killed.returncode != 0
     folder = str(tmp_path / "cut" / "run.shards")
     left = sorted(f for f in os.listdir(folder) if f.startswith("shard_"))
-    assert left == ["shard_000000.npz", "shard_000001.npz"], left  # each rank wrote one shard, then died
+    # each rank dies after its first shard; torchrun may stop the other rank before it has written its own
+    assert left in (["shard_000000.npz"], ["shard_000001.npz"], ["shard_000000.npz", "shard_000001.npz"]), left
     assert not (tmp_path / "cut" / "run.npz").exists()
     stamps = {f: os.stat(os.path.join(folder, f)).st_mtime_ns for f in left}
 
     resumed = torchrun(checkpoint, str(tmp_path / "cut" / "run"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "2 done, 2 to sample on 2 process(es)" in resumed.stderr
+    assert f"{len(left)} done, {4 - len(left)} to sample on 2 process(es)" in resumed.stderr
     assert {f: os.stat(os.path.join(folder, f)).st_mtime_ns for f in left} == stamps  # not redone
     assert (tmp_path / "cut" / "run.npz").read_bytes() == whole
     # other settings on these shards: every rank stops with the one-line error (none waits for the others)
