@@ -6,6 +6,9 @@ against the requested labels, and the Frechet distance of its features to held-o
 is printed and written as JSON. Any other pictures are checked to be a valid batch for OpenAI's ADM evaluator
 (guided-diffusion evaluations/evaluator.py: FID, sFID, IS, precision, recall), whose command line is printed.
 `mdt eval --checkpoint CKPT` samples a digits checkpoint first (the options of `mdt sample`).
+`mdt eval SAMPLES.npz --fid REF` computes FID and Inception Score in PyTorch (mdt.fid: torch-fidelity's
+Inception-v3, which reproduces the TensorFlow numbers) against REF: an ADM reference batch (.npz with mu/sigma),
+an .npz of pictures or a folder of pictures.
 """
 
 from __future__ import annotations
@@ -78,12 +81,45 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint", help="a digits training checkpoint: sample it, then evaluate")
     parser.add_argument("--out", default=None,
                         help="JSON report; unset: SAMPLES.eval.json, or CHECKPOINT.eval.json")
+    parser.add_argument("--fid", metavar="REF", default=None,
+                        help="compute FID and IS of SAMPLES.npz against REF (ADM reference .npz with mu/sigma, an "
+                             ".npz of pictures, or a folder of pictures)")
+    parser.add_argument("--inception-weights", default=None,
+                        help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth; unset: "
+                             "$MDT_INCEPTION_WEIGHTS, else the cache folder (downloaded there if possible)")
     add_sampling_arguments(parser, num_per_class=100)
+
+
+def run_fid(args):
+    """`mdt eval SAMPLES.npz --fid REF`: FID and IS, printed and written as JSON."""
+    import sys
+
+    from . import fid
+    from .latents import default_device
+
+    pictures, _ = read_samples(args.samples)
+    device = torch.device(args.device or default_device())
+    net = fid.load_inception(args.inception_weights, device)
+    report = {"kind": "fid", "samples": args.samples,
+              **fid.fid_report(pictures, args.fid, net, args.batch_size, device, progress=sys.stderr.isatty())}
+    line = f"FID {report['fid']:.4f} of {report['n']} samples against {report['reference']}"
+    if "is" in report:
+        line += f"; Inception Score {report['is']:.3f} +- {report['is_std']:.3f}"
+    print(line)
+    out = args.out or os.path.splitext(args.samples)[0] + ".eval.json"
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"report: {out}")
+    return 0
 
 
 def run(args):
     if (args.samples is None) == (args.checkpoint is None):
         raise ValueError("give either a SAMPLES.npz file or --checkpoint")
+    if args.fid is not None:
+        if args.checkpoint is not None:
+            raise ValueError("--fid evaluates a SAMPLES.npz; sample the checkpoint with `mdt sample` first")
+        return run_fid(args)
     if args.checkpoint is not None:
         from .latents import default_device
         from .sample_cli import load_model, sample_pictures

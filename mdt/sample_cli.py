@@ -3,8 +3,8 @@
 The weights come from a training checkpoint (`--checkpoint`; its EMA weights unless `--weights model`)
 or from a plain state dict such as the official MDTv2-XL/2 release (`--weights-file PATH --model NAME`;
 input size, channels and classes are read off the weights unless given). `--num-per-class` pictures of
-each class in `--classes` are sampled with DDPM or DDIM and MDT's classifier-free guidance, latents are
-decoded with the VAE, and OUT.png (one row per class) and OUT.npz (ADM evaluator format) are written.
+each class in `--classes` are sampled with DDPM, DDIM or DPM-Solver++ and MDT's classifier-free guidance,
+latents are decoded with the VAE, and OUT.png (one row per class) and OUT.npz (ADM evaluator format) are written.
 """
 
 from __future__ import annotations
@@ -148,8 +148,11 @@ def add_sampling_arguments(parser, num_per_class: int = 8):
                         help="classifier-free guidance scale (1: none; MDT's FID setting: 3.8)")
     parser.add_argument("--scale-pow", type=float, default=None,
                         help="power of the guidance schedule; unset: the model's (MDTv2 4, DiT 0 = constant)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    parser.add_argument("--steps", type=int, default=250, help="sampling steps (respaced from 1000)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                        help="ddpm (ancestral, MDT's FID setting), ddim (eta 0) or dpm++ (DPM-Solver++(2M), "
+                             "about 25 steps)")
+    parser.add_argument("--steps", type=int, default=250,
+                        help="sampling steps = model evaluations (respaced from 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64, help="pictures per forward pass")
     parser.add_argument("--device", default=None, help="cuda or cpu; unset: cuda when available")
@@ -162,21 +165,32 @@ def sample_pictures(model, info: dict, args) -> tuple[np.ndarray, torch.Tensor]:
     if args.num_per_class < 1 or args.batch_size < 1:
         raise ValueError("--num-per-class and --batch-size must be positive")
     classes = parse_classes(args.classes, info["num_classes"])
+    check_guidance(model, info, args)
+    labels = torch.tensor(classes).repeat_interleave(args.num_per_class)  # (n,)
+    return render_pictures(model, info, args, labels, args.seed, progress=sys.stderr.isatty()), labels
+
+
+def check_guidance(model, info: dict, args) -> None:
     if args.cfg_scale > 1 and model.y_embedder.embedding_table.num_embeddings <= info["num_classes"]:
         raise ValueError("this model was trained without class dropout (no null class): classifier-free guidance "
                          "needs one; use --cfg-scale 1")
-    labels = torch.tensor(classes).repeat_interleave(args.num_per_class)  # (n,)
+
+
+def render_pictures(model, info: dict, args, labels: torch.Tensor, seed: int, progress: bool = False,
+                    vae=None) -> np.ndarray:
+    """(n, H, W, C) uint8 pictures of class `labels` sampled with `seed`; latents are decoded with `vae` or
+    info["vae"] (None: the model samples pictures)."""
     latent = info.get("vae") is not None
     x = generate(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                 scale_pow=args.scale_pow, clip_denoised=not latent, seed=args.seed, batch_size=args.batch_size,
-                 progress=sys.stderr.isatty())  # (n, C, h, w) in model space
+                 scale_pow=args.scale_pow, clip_denoised=not latent, seed=seed, batch_size=args.batch_size,
+                 progress=progress)  # (n, C, h, w) in model space
     if not latent:
-        return to_uint8(x.clamp(-1, 1)), labels
+        return to_uint8(x.clamp(-1, 1))
     from .latents import VAE_SCALE, decode_latents, load_vae
 
-    vae = load_vae(info["vae"], next(model.parameters()).device)
+    vae = vae or load_vae(info["vae"], next(model.parameters()).device)
     scale = info.get("latent_scale") or VAE_SCALE
-    return np.concatenate([to_uint8(decode_latents(vae, z, scale)) for z in x.split(args.batch_size)]), labels
+    return np.concatenate([to_uint8(decode_latents(vae, z, scale)) for z in x.split(args.batch_size)])
 
 
 def save_samples(pictures: np.ndarray, labels: torch.Tensor, stem: str, per_class: int) -> tuple[str, str]:
@@ -227,6 +241,10 @@ def add_arguments(parser):
     parser.add_argument("--latent-scale", type=float, default=None,
                         help="latent scale of a latent model; unset: the checkpoint's, else 0.18215")
     parser.add_argument("--out", default="samples/", help="output folder, or file stem for OUT.png and OUT.npz")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="sample this many pictures of random classes (of --classes) in shards of --batch-size "
+                             "into OUT.shards/, resumable and split over torchrun processes, then merge them "
+                             "into OUT.npz (instead of --num-per-class; see mdt.sample_shards)")
 
 
 def resolve_vae(info: dict, vae_arg, checkpoint) -> str | None:
@@ -242,18 +260,45 @@ def resolve_vae(info: dict, vae_arg, checkpoint) -> str | None:
     return vae_arg
 
 
+def sample_tag(info: dict, args) -> str:
+    """The default file stem of a sampling run, e.g. MDTv2-XL-2_step400000_dpmpp25_cfg3.8_seed0."""
+    cfg = f"_cfg{args.cfg_scale:g}" if args.cfg_scale > 1 else ""
+    sampler = args.sampler.replace("+", "p")
+    return f"{info['model'].replace('/', '-')}_{info['source']}_{sampler}{args.steps}{cfg}_seed{args.seed}"
+
+
 def run(args):
     from .latents import default_device
 
-    device = torch.device(args.device or default_device())
+    sharded = args.num_samples is not None
+    if sharded:
+        from .sample_shards import init_process_group, run_sharded
+
+        device = init_process_group(args.device)
+    else:
+        device = torch.device(args.device or default_device())
     model, info = model_from_args(args, device)
     info["vae"] = resolve_vae(info, args.vae, args.checkpoint)
     if args.latent_scale is not None:
         info["latent_scale"] = args.latent_scale
-    pictures, labels = sample_pictures(model, info, args)
-    cfg = f"_cfg{args.cfg_scale:g}" if args.cfg_scale > 1 else ""
-    tag = f"{info['model'].replace('/', '-')}_{info['source']}_{args.sampler}{args.steps}{cfg}_seed{args.seed}"
-    png, npz = save_samples(pictures, labels, output_stem(args.out, tag), args.num_per_class)
-    n, h, w, c = pictures.shape
-    print(f"wrote {n} samples ({h}x{w}x{c}) of {info['model']} to {npz} and a grid of them to {png}")
+    tag = sample_tag(info, args)
+    if sharded:
+        check_guidance(model, info, args)
+        vae = None
+        if info.get("vae") is not None:
+            from .latents import load_vae
+
+            vae = load_vae(info["vae"], device)
+        png, npz = run_sharded(model, info, args, output_stem(args.out, tag),
+                               lambda labels, seed: render_pictures(model, info, args, labels, seed, vae=vae))
+        with np.load(npz) as f:
+            n, h, w, c = f["arr_0"].shape
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    else:
+        pictures, labels = sample_pictures(model, info, args)
+        png, npz = save_samples(pictures, labels, output_stem(args.out, tag), args.num_per_class)
+        n, h, w, c = pictures.shape
+    if not sharded or int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {n} samples ({h}x{w}x{c}) of {info['model']} to {npz} and a grid of them to {png}")
     return 0
