@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from unittest import mock
 
 # Before triton is imported: real JIT functions (not the interpreter), and a cache of our own.
+sys.stdout.reconfigure(line_buffering=True)  # progress survives a compiler crash
 if os.environ.get("TRITON_INTERPRET", "0") != "0":
     sys.exit("benchmarks.triton_aot compiles for GPUs: run it without TRITON_INTERPRET")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated (silences its warning)
@@ -350,10 +351,17 @@ def compile_all(jobs: list, smem_limit: int | None, workers: int) -> list[Result
         return [compile_variant(v, arch, smem_limit) for v, arch in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
+    results = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        outs = list(pool.map(_compile_job, range(len(jobs)), [smem_limit] * len(jobs)))
-    return [Result(v, arch, err, shared, usage, sec) for (v, arch), (err, shared, usage, sec) in zip(jobs, outs)]
+        futures = [pool.submit(_compile_job, i, smem_limit) for i in range(len(jobs))]
+        for (v, arch), fut in zip(jobs, futures):
+            try:
+                results.append(Result(v, arch, *fut.result()))
+            except BrokenProcessPool:  # a compiler crash (abort, segfault) takes its worker, and the pool, down
+                results.append(Result(v, arch, "compiler crashed (a worker died) during this or another compile"))
+    return results
 
 
 def main(argv=None) -> int:
