@@ -14,6 +14,11 @@ real compile, every run).
 Fails (exit 1) on a compile error or on shared memory over the target's per-block limit; reports the
 registers and the stack frame (spills) of each kernel from the cubin (cuobjdump --dump-resource-usage).
 
+Cost: every variant is a real compile, 343 per target at present. The elementwise and gather kernels take
+about 1 s each on one core; the rel_pos_attention kernels at MDT sizes (fp32 "ieee" dots on 32x64x64 and
+32x64x128 tiles) take minutes each, so the whole check wants many cores (-j, default all of them).
+--shapes, --op, --dtype, --kernel and --arch narrow a run.
+
     python -m benchmarks.triton_aot                 # all kernels, sm_80 and sm_90
     python -m benchmarks.triton_aot --arch 90 --kernel _gather_tokens_fwd_kernel --shapes test
 """
