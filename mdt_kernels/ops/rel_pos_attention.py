@@ -274,7 +274,7 @@ def rel_pos_attention(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, id
         table: (R, H) relative-position bias table, R >= (2G-1)^2, any float dtype (used in qkv's).
         grid_size: G; tokens are positions of the G x G grid in row-major order.
         ids_keep: optional (B, K) grid positions of the K tokens; None means all G*G tokens in order.
-        scale: factor of q k^T; default Dh ** -0.5.
+        scale: factor of q k^T; default Dh ** -0.5 (1 for Dh = 0, an empty output).
     Returns:
         (B, K, H, Dh) in qkv's dtype (``.reshape(B, K, H * Dh)`` is free), with
         ``out[b, :, h] = softmax(q k^T * scale + masked_rel_pos_bias(table, G, ids_keep)[b, h]) v``.
@@ -289,7 +289,7 @@ def rel_pos_attention(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, id
     if table.shape[1] != H:
         raise ValueError(f"table has {table.shape[1]} heads but qkv has {H}")
     if scale is None:
-        scale = Dh**-0.5
+        scale = Dh**-0.5 if Dh > 0 else 1.0  # Dh = 0: the output is empty, whatever the scale
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     ids_arg = ids_keep if isinstance(ids_keep, torch.Tensor) else None

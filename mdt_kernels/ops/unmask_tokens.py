@@ -104,7 +104,7 @@ def unmask_tokens_backward_triton(grad: torch.Tensor, ids_keep: torch.Tensor,
     d_xk = grad.new_empty((B, K, D))
     d_pos = grad.new_empty((N if has_pos else 0, D))
     mask_part = grad.new_zeros((N, D), dtype=acc_dtype(grad.dtype))
-    if grad.numel() > 0:
+    if N * D > 0:  # also for B = 0: the programs then write d_pos = 0 (the batch loop is empty)
         BLOCK_D = block_size(D)
         _unmask_bwd_kernel[(N, cdiv(D, BLOCK_D))](
             grad, _inverse_map(ids_keep, N), d_xk, mask_part, d_pos, B, N, K, D, HAS_POS=has_pos, BLOCK_D=BLOCK_D
