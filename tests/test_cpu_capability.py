@@ -114,3 +114,23 @@ def test_global_norm(capability):
     t.test_global_norm("cpu", "cpu")
     for bad, expected in [(float("nan"), "nan"), (float("inf"), "inf"), (1e30, "inf")]:
         t.test_global_norm_nonfinite("cpu", "cpu", bad, expected)
+
+
+@pytest.mark.parametrize("op", ["adaln_modulate", "residual_adaln_modulate", "gated_residual"])
+def test_adaln_family(capability, op):
+    t = __import__(f"test_{op}")
+    for dtype in t.DTYPES.values():
+        for B, N, D in t.SHAPES:
+            t.test_matches_reference("cpu", "cpu", dtype, B, N, D)
+    t.test_cpu_large_call_streaming_stores()
+    t.test_cpu_backward_is_deterministic()
+
+
+def test_linear_gelu(capability):
+    import test_linear_gelu as t
+
+    for dtype in t.ALL_DTYPES.values():
+        for x_shape, dout in t.LINEAR_SHAPES:
+            t.test_matches_reference("cpu", "cpu", dtype, x_shape, dout)
+        t.test_saturated_and_near_zero_inputs("cpu", "cpu", dtype)
+    t.test_cpu_backward_is_deterministic()

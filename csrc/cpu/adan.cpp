@@ -18,27 +18,13 @@
 #include <vector>
 
 #include "ops/adan.h"
+#include "tensor_view.h"
 #include "vec/adan.h"
 
 namespace mdt {
 namespace {
 
 constexpr int64_t kChunk = 1 << 15;  // elements per unit of parallel work
-
-cpu::Dtype to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return cpu::Dtype::kFloat32;
-    case at::kDouble:
-      return cpu::Dtype::kFloat64;
-    case at::kHalf:
-      return cpu::Dtype::kFloat16;
-    case at::kBFloat16:
-      return cpu::Dtype::kBFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, "adan: unsupported dtype ", t);
-  }
-}
 
 struct TensorPtrs {
   void *p, *g, *m, *n, *v, *q;
@@ -70,7 +56,7 @@ void adan_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   }
   if (work.empty()) return;
 
-  const cpu::AdanStep step{to_dtype(p_type), to_dtype(s_type), first, no_prox,
+  const cpu::AdanStep step{cpu::dtype_of(p_type), cpu::dtype_of(s_type), first, no_prox,
                            cpu::AdanConsts{clip, beta1, beta2, beta3, 1.0 - beta1, 1.0 - beta2, 1.0 - beta3,
                                            lr / bias_correction1, lr * beta2 / bias_correction2,
                                            bias_correction3_sqrt, eps,
@@ -105,7 +91,7 @@ at::Tensor multi_tensor_l2_norm_cpu(at::TensorList tensors) {
     for (int64_t w = begin; w < end; ++w) {
       const WorkItem& it = work[w];
       const at::Tensor& t = dense[it.tensor];
-      partial[w] = sum_squares(to_dtype(t.scalar_type()), static_cast<const char*>(t.const_data_ptr()) +
+      partial[w] = sum_squares(cpu::dtype_of(t.scalar_type()), static_cast<const char*>(t.const_data_ptr()) +
                                                               it.begin * t.element_size(), it.end - it.begin);
     }
   });

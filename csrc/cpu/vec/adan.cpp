@@ -3,40 +3,14 @@
 // even, as c10's) and the square root are the CPU's on every ISA. Math as in csrc/cpu/adan.cpp.
 #include "adan.h"
 
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
 #include <cmath>
 #include <type_traits>
+
+#include "convert.h"
 
 namespace mdt::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
-
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t kW = Vec::size();  // floats per register; blocks are 2 * kW elements
-
-// 2 * kW elements of T at src as two float registers, and back (rounding to nearest even).
-template <typename T>
-inline void load2(const T* src, Vec& a, Vec& b) {
-  if constexpr (std::is_same_v<T, float>) {
-    a = Vec::loadu(src);
-    b = Vec::loadu(src + kW);
-  } else {
-    at::vec::load_to_float<T>(src, a, b);
-  }
-}
-template <typename T>
-inline void store2(T* dst, const Vec& a, const Vec& b) {
-  if constexpr (std::is_same_v<T, float>) {
-    a.store(dst);
-    b.store(dst + kW);
-  } else {
-    at::vec::convert_from_float<T>(a, b).store(dst);
-  }
-}
 
 struct VConsts {
   Vec clip, b1, b2, b3, omb1, omb2, omb3, step_size, step_size_diff, bc3_sqrt, eps, decay;
@@ -121,21 +95,6 @@ void run_slice_flags(const AdanStep& step, const AdanSlice& s) {
     step.no_prox ? run_slice<true, true, P, S>(step, s) : run_slice<true, false, P, S>(step, s);
   } else {
     step.no_prox ? run_slice<false, true, P, S>(step, s) : run_slice<false, false, P, S>(step, s);
-  }
-}
-
-// Calls f with a value of the C++ type of d.
-template <typename F>
-void with_type(Dtype d, F&& f) {
-  switch (d) {
-    case Dtype::kFloat32:
-      return f(float{});
-    case Dtype::kFloat64:
-      return f(double{});
-    case Dtype::kFloat16:
-      return f(c10::Half{});
-    case Dtype::kBFloat16:
-      return f(c10::BFloat16{});
   }
 }
 

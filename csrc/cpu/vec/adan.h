@@ -3,12 +3,9 @@
 #pragma once
 #include <cstdint>
 
-#include "isa.h"
+#include "view.h"
 
 namespace mdt::cpu {
-
-// Element types crossing the boundary.
-enum class Dtype : int8_t { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
 // Adan's hyper-parameters folded into the constants of the update (adan.cpp's header comment).
 struct AdanConsts {

@@ -1,39 +1,37 @@
-// Row helpers shared by the adaLN CPU kernels (adaln_modulate, gated_residual, residual_adaln_modulate).
-//
-// All math runs in acc_t (float for fp32/fp16/bf16, double for fp64) on contiguous rows of D elements,
-// so the inner loops are plain arrays the compiler vectorizes (-O3 -march=native): fp32/fp64 input rows
-// are read in place, fp16/bf16 rows are converted into a per-thread buffer first; output rows are
-// computed into a per-thread (L1) buffer and written by store_row (streaming stores for large fp32 calls).
-//
-// shift/scale/gate are (B,D) tensors that are usually strided views (adaLN_modulation(c).chunk(6, dim=1),
-// row stride 6D). They are read through their strides, one sample row at a time, into a per-thread
-// acc_t buffer; nothing is copied to a contiguous (B,D) tensor.
-//
-// Per-sample sums over tokens (dshift, dscale, dgate) are accumulated per (sample, chunk of kTokenChunk
-// tokens) into an acc_t partial buffer and the chunks are then added in chunk order: the result does
-// not depend on the number of threads.
+// Row helpers of the per-instruction-set kernels that work on rows of D features (vec/adaln.cpp,
+// vec/linear_gelu.cpp): rows in acc_t, converted with at::vec, streaming stores on every x86 ISA,
+// strided (B, D) modulation rows, LayerNorm moments and its backward's row pass, ordered chunk sums.
+// Included only by vec/*.cpp, inside their CPU_CAPABILITY namespace.
 #pragma once
-#include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
-#if defined(__AVX512F__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
-#include "ops/adaln.h"
+#include "convert.h"
+#include "view.h"
 
-namespace mdt {
-namespace adaln {
+namespace mdt::cpu {
+inline namespace CPU_CAPABILITY {
+namespace rowwise {
 
-constexpr int64_t kTokenChunk = 32;
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+// Elements per parallel task: kGrainSize (ATen/TensorIterator.h, too heavy to include here).
+constexpr int64_t kGrainSize = 32768;
+
+
+template <typename T>
+using acc_t = at::opmath_type<T>;
 
 template <typename T>
 using acc_t = at::opmath_type<T>;
@@ -44,7 +42,7 @@ inline const acc_t<T>* load_row(const T* src, int64_t n, acc_t<T>* buf) {
   if constexpr (std::is_same_v<T, acc_t<T>>) {
     return src;
   } else {
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc_t<T>>(src[i]);
+    convert_row(src, buf, n);
     return buf;
   }
 }
@@ -65,11 +63,27 @@ inline bool use_streaming(int64_t bytes) { return bytes > kStreamBytes; }
 template <typename T>
 inline void store_row(T* dst, const acc_t<T>* buf, int64_t n, bool stream = false) {
   if constexpr (std::is_same_v<T, float>) {
-#if defined(__AVX512F__)
+#if defined(__SSE2__)
     if (stream) {
+      // The widest streaming store of this instruction set (AVX-512: 16 floats, AVX2: 8, SSE: 4).
+#if defined(CPU_CAPABILITY_AVX512)
+      constexpr int64_t w = 16;
+#elif defined(CPU_CAPABILITY_AVX2)
+      constexpr int64_t w = 8;
+#else
+      constexpr int64_t w = 4;
+#endif
       int64_t i = 0;
-      for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 63) != 0; ++i) dst[i] = buf[i];
-      for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(buf + i));
+      for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & (w * sizeof(float) - 1)) != 0; ++i) dst[i] = buf[i];
+      for (; i + w <= n; i += w) {
+#if defined(CPU_CAPABILITY_AVX512)
+        _mm512_stream_ps(dst + i, _mm512_loadu_ps(buf + i));
+#elif defined(CPU_CAPABILITY_AVX2)
+        _mm256_stream_ps(dst + i, _mm256_loadu_ps(buf + i));
+#else
+        _mm_stream_ps(dst + i, _mm_loadu_ps(buf + i));
+#endif
+      }
       for (; i < n; ++i) dst[i] = buf[i];
       return;
     }
@@ -78,13 +92,13 @@ inline void store_row(T* dst, const acc_t<T>* buf, int64_t n, bool stream = fals
   } else if constexpr (std::is_same_v<T, acc_t<T>>) {
     std::copy(buf, buf + n, dst);
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(buf[i]);
+    convert_row(buf, dst, n);
   }
 }
 
 // Orders the streaming stores of this thread before the parallel region ends.
 inline void stream_fence() {
-#if defined(__AVX512F__)
+#if defined(__SSE2__)
   _mm_sfence();
 #endif
 }
@@ -94,7 +108,7 @@ template <typename T>
 struct ModRows {
   const T* base;
   int64_t stride_b, stride_d, D;
-  explicit ModRows(const at::Tensor& t)
+  explicit ModRows(const View& t)
       : base(t.const_data_ptr<T>()), stride_b(t.stride(0)), stride_d(t.stride(1)), D(t.size(1)) {}
   // out[d] = add + t[b, d]
   void load(int64_t b, acc_t<T> add, acc_t<T>* out) const {
@@ -159,11 +173,10 @@ inline ModulateGradRow<A> modulate_grad_row(const A* __restrict__ xr, const A* _
 // outs[p][b, d] = sum over chunks c (in order) of partial[p, b, c, d], stored as T, for the P planes
 // (dshift, dscale, dgate, ...) of a (P, B, C, D) partial buffer. One parallel region for all planes.
 template <typename T>
-void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, std::initializer_list<T*> outs) {
+void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, const std::vector<T*>& dst) {
   using A = acc_t<T>;
-  const std::vector<T*> dst(outs);
   const int64_t items = static_cast<int64_t>(dst.size()) * B;
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(C * D, 1));
+  const int64_t grain = std::max<int64_t>(1, kGrainSize / std::max<int64_t>(C * D, 1));
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t plane = item / B, b = item % B;
@@ -188,7 +201,8 @@ void reduce_chunks(const acc_t<T>* partial, int64_t B, int64_t C, int64_t D, std
   });
 }
 
-inline int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(D, 1)); }
+inline int64_t grain_rows(int64_t D) { return std::max<int64_t>(1, kGrainSize / std::max<int64_t>(D, 1)); }
 
-}  // namespace adaln
-}  // namespace mdt
+}  // namespace rowwise
+}  // namespace CPU_CAPABILITY
+}  // namespace mdt::cpu
