@@ -5,6 +5,10 @@ import os
 
 import pytest
 
+# The cuda_sim backend (the CUDA kernels on the host execution layer csrc/simt) is test-only: this switch
+# loads it (MDT_KERNELS_SIM=asan: the sanitizer build, see `make test-sanitize`).
+os.environ.setdefault("MDT_KERNELS_SIM", "1")
+
 if os.environ.get("TRITON_INTERPRET") is None:
     import torch
 

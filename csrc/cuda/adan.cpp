@@ -45,6 +45,6 @@ void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorLi
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) { m.impl("adan_step_", &adan_step_cuda_op); }
+MDT_CUDA_IMPL(m) { m.impl("adan_step_", &adan_step_cuda_op); }
 
 }  // namespace mdt
