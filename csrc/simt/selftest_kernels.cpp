@@ -139,7 +139,7 @@ cudaError_t launch_selftest(const char* name_c, const float* xp, int64_t n, floa
   } else if (name == "device_check") {
     MDT_LAUNCH(1, static_cast<unsigned>(n), 0, nullptr, device_check_kernel)(xp);
   } else if (name == "threads_1024") {
-    MDT_LAUNCH(1, 1024, 0, nullptr, smem_kernel)(op);  // 1024 threads, 4 KB of dynamic smem: legal
+    MDT_LAUNCH(1, 1024, 1024 * sizeof(float), nullptr, smem_kernel)(op);  // 1024 threads: legal
   } else if (name == "threads_1025") {
     MDT_LAUNCH(1, 1025, 0, nullptr, smem_kernel)(op);
   } else if (name == "block_z_65") {
