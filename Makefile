@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PIP := $(VPY) -m pip install --no-input
 
-.PHONY: venv build test train bench bench-optim bench-micro lint clean
+.PHONY: venv build test test-sanitize train bench bench-optim bench-micro lint clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -21,11 +21,24 @@ venv: $(VPY)
 
 # --no-build-isolation: build against the torch in the venv (isolation would fetch a CUDA torch).
 # --no-deps: torch and friends are installed above, never resolved by pip here.
+# MDT_KERNELS_SIM=1: also the test-only cuda_sim extension (the CUDA kernels on the CPU, for the tests).
 build: venv
-	$(PIP) --no-build-isolation --no-deps -e .
+	MDT_KERNELS_SIM=1 $(PIP) --no-build-isolation --no-deps -e .
 
 test: build
 	$(VPY) -m pytest -q
+
+# The cuda_sim tests (the CUDA kernels and bindings on the host execution layer csrc/simt) under
+# AddressSanitizer + UBSan (out-of-bounds global and shared memory, undefined behaviour), and with the layer's
+# shared-memory race check: builds mdt_kernels._C_sim_asan (objects in build/asan) and runs them with libasan
+# preloaded into Python.
+SANITIZE_TESTS ?= tests/ops tests/test_simt.py
+test-sanitize: venv
+	MDT_KERNELS_SIM_SANITIZE=1 MAX_JOBS=$${MAX_JOBS:-2} $(VPY) setup.py build_ext --inplace --build-temp build/asan
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 MDT_KERNELS_SIM=asan SIMT_RACECHECK=1 \
+		$(VPY) -m pytest -q -p no:cacheprovider -k cuda_sim $(SANITIZE_TESTS)
 
 # The default job: a small MDTv2 on scikit-learn's 8x8 digits, on this machine's CPU (or its GPU).
 # Writes $(TRAIN_OUT)/{checkpoints/,metrics.jsonl,loss.png,samples.png,eval.json}. Running it again

@@ -5,6 +5,9 @@ Backends (all compute the same function):
   cpu        C++ kernels of mdt_kernels._C, CPU tensors.
   cuda       CUDA kernels of mdt_kernels._C (built only against a CUDA torch), CUDA tensors.
   triton     Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (tests only: slow).
+  cuda_sim   test-only, never listed nor chosen for users: the cuda backend's bindings and kernels built for
+             the host execution layer csrc/simt (mdt_kernels._C_sim, ops mdt_kernels_sim::*), on CPU tensors.
+             Enabled by MDT_KERNELS_SIM=1 (MDT_KERNELS_SIM=asan: the sanitizer build _C_sim_asan) before import.
 
 The backend is global state: ``use_backend(name)`` sets it (and restores it when used as a context
 manager); ``MDT_KERNELS_BACKEND`` gives the default, else ``auto``. ``auto`` takes the first backend of
@@ -21,7 +24,8 @@ import warnings
 import torch
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
-_CHOICES = ("auto",) + BACKENDS
+SIM = "cuda_sim"
+_CHOICES = ("auto",) + BACKENDS + (SIM,)
 # Fastest first, per device type. Interpreted Triton on CPU is never chosen automatically.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
 
@@ -46,6 +50,22 @@ _EXT_KEYS = {
     for key in ("CPU", "CUDA")
     if _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("mdt_kernels::gather_tokens", key)
 }
+
+
+def _load_sim() -> str | None:
+    """Imports the cuda_sim extension when MDT_KERNELS_SIM asks for it; returns why it cannot run, or None."""
+    switch = os.environ.get("MDT_KERNELS_SIM", "0").strip().lower()
+    if switch not in ("1", "asan"):
+        return f"{SIM} is a test-only backend: set MDT_KERNELS_SIM=1 before importing mdt_kernels"
+    module = "_C_sim_asan" if switch == "asan" else "_C_sim"
+    try:
+        importlib.import_module(f"mdt_kernels.{module}")
+    except ImportError as e:
+        return f"mdt_kernels.{module} could not be loaded ({e}); build it with `make build`"
+    return None
+
+
+_SIM_ERROR = _load_sim()
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 # Triton reads this when kernels are decorated, so a later change would not take effect anyway.
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -99,6 +119,10 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
         if backend not in _EXT_KEYS:
             return f"mdt_kernels._C was built without {backend} kernels (torch without CUDA or no nvcc at build time)"
         return None
+    if backend == SIM:
+        if dev != "cpu":
+            return f"the {SIM} backend runs on cpu tensors, these are on {dev}"
+        return _SIM_ERROR
     if backend == "triton":
         if not _HAS_TRITON:
             return "triton is not installed"
@@ -115,9 +139,19 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
 def available_backends(device: torch.device | str | None = None) -> list[str]:
     """Backends that can run here: for ``device`` if given, else for any device this machine has."""
     if device is not None:
-        return [b for b in BACKENDS if unavailable_reason(b, device) is None]
+        return [b for b in _listed() if unavailable_reason(b, device) is None]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return [b for b in BACKENDS if any(unavailable_reason(b, d) is None for d in devices)]
+    return [b for b in _listed() if any(unavailable_reason(b, d) is None for d in devices)]
+
+
+def _listed() -> tuple[str, ...]:
+    """BACKENDS, and cuda_sim when the test switch has loaded it."""
+    return BACKENDS + ((SIM,) if _SIM_ERROR is None else ())
+
+
+def has_kernel(kernels: tuple[str, ...], backend: str) -> bool:
+    """Whether an op with ``kernels`` runs on ``backend`` (cuda_sim runs the ops that have a cuda kernel)."""
+    return backend in kernels or (backend == SIM and "cuda" in kernels)
 
 
 _warned: set = set()
@@ -142,7 +176,7 @@ def resolve(op: str, device: torch.device, kernels: tuple[str, ...] = BACKENDS) 
     ``kernels``: the backends ``op`` has (every one, unless the op says otherwise)."""
     if _backend != "auto":
         why = unavailable_reason(_backend, device)
-        if why is None and _backend not in kernels:
+        if why is None and not has_kernel(kernels, _backend):
             why = f"{op} has no {_backend} kernel (it has: {', '.join(kernels)})"
         if why is not None:
             raise BackendError(f"mdt_kernels.{op}: backend {_backend!r} cannot run: {why}")

@@ -10,6 +10,10 @@ import mdt_kernels as mk
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FUSED = ("cpu", "cuda", "triton")
+# The test-only backend that runs the cuda backend's bindings and kernels on CPU tensors (csrc/simt); it
+# joins every list of backends that holds "cuda" (conftest.py sets MDT_KERNELS_SIM=1).
+SIM = "cuda_sim"
+NEEDS_GPU = "needs a physical GPU (no CUDA device here; the cuda_sim params run these CUDA kernels on the CPU)"
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 # Tolerances for results that involve rounding (sums); pure copies are compared exactly.
 TOL = {
@@ -25,14 +29,16 @@ def backend_device_pairs(backends=FUSED) -> list:
     """pytest params (backend, device) for every listed backend that can run here; the others are
     reported as skipped with the reason, so a missing build is visible, never silent."""
     params = []
+    if "cuda" in backends and SIM not in backends:
+        backends = tuple(backends) + (SIM,)
     for device in ["cpu", "cuda"]:
         for b in backends:
-            if b in ("cpu", "cuda") and b != device:
+            if b in ("cpu", "cuda") and b != device or b == SIM and device != "cpu":
                 continue
             marks = [pytest.mark.triton] if b == "triton" else []
             if device == "cuda":
                 marks.append(pytest.mark.cuda)
-            why = None if device in DEVICES else "no CUDA device"
+            why = None if device in DEVICES else NEEDS_GPU
             why = why or mk._dispatch.unavailable_reason(b, device)
             if why is not None:
                 marks.append(pytest.mark.skip(reason=why))
@@ -40,8 +46,31 @@ def backend_device_pairs(backends=FUSED) -> list:
     return params
 
 
+def op_namespace(backend: str):
+    """Where the registered C++ op of ``backend`` lives: mdt_kernels_sim for cuda_sim (the CUDA bindings on
+    CPU tensors), else mdt_kernels (cpu, cuda and the *_triton twins)."""
+    return torch.ops.mdt_kernels_sim if backend == SIM else torch.ops.mdt_kernels
+
+
+def compiled_backends() -> list:
+    """pytest params for the backends whose registered C++ ops take CPU tensors when called directly: cpu
+    (mdt_kernels::*) and cuda_sim (mdt_kernels_sim::*, the CUDA bindings and kernels)."""
+    params = []
+    for b in ("cpu", SIM):
+        why = mk._dispatch.unavailable_reason(b, "cpu")
+        params.append(pytest.param(b, marks=[pytest.mark.skip(reason=why)] if why else [], id=b))
+    return params
+
+
+def device_check_error(backend: str) -> tuple[type, str]:
+    """(exception, message pattern) of an out-of-range id that reaches the op: the C++ CPU op checks on the
+    host (IndexError); a CUDA kernel's device-side check fails the launch (RuntimeError, as on a GPU)."""
+    return (RuntimeError, "device-side assertion failed") if backend == SIM else (IndexError, "outside")
+
+
 def is_interpreted(backend: str, device: str) -> bool:
-    return backend == "triton" and device == "cpu"
+    """Kernels simulated on the CPU (Triton's interpreter, cuda_sim's fibers): slow, so fewer examples."""
+    return backend == SIM or (backend == "triton" and device == "cpu")
 
 
 def property_settings(backend: str, device: str) -> settings:

@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_backward_cuda(cons
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) {
+MDT_CUDA_IMPL(m) {
   m.impl("adaln_modulate", &adaln_modulate_cuda);
   m.impl("adaln_modulate_backward", &adaln_modulate_backward_cuda);
 }

@@ -11,12 +11,18 @@
 namespace mdt {
 namespace {
 
+#if defined(MDT_SIMT)
+constexpr c10::DeviceType kKernelDevice = c10::kCPU;  // on the host execution layer csrc/simt (cuda_sim)
+#else
+constexpr c10::DeviceType kKernelDevice = c10::kCUDA;
+#endif
+
 void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avg, at::TensorList exp_avg_sq,
                        at::TensorList exp_avg_diff, at::TensorList neg_pre_grad, const at::Tensor& clip_coef,
                        double lr, double beta1, double beta2, double beta3, double bias_correction1,
                        double bias_correction2, double bias_correction3_sqrt, double eps, double weight_decay,
                        bool no_prox, bool first) {
-  check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, c10::kCUDA);
+  check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, kKernelDevice);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   std::vector<std::array<void*, 6>> ptrs(params.size());
@@ -45,6 +51,6 @@ void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorLi
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) { m.impl("adan_step_", &adan_step_cuda_op); }
+MDT_CUDA_IMPL(m) { m.impl("adan_step_", &adan_step_cuda_op); }
 
 }  // namespace mdt

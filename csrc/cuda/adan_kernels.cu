@@ -123,11 +123,11 @@ template <typename P, typename S>
 cudaError_t launch_table(const AdanTable& table, int blocks, const AdanHyper& h, const float* clip_coef,
                          cudaStream_t stream) {
   if (h.first) {
-    if (h.no_prox) adan_step_kernel<P, S, true, true><<<blocks, kAdanThreads, 0, stream>>>(table, h, clip_coef);
-    else adan_step_kernel<P, S, true, false><<<blocks, kAdanThreads, 0, stream>>>(table, h, clip_coef);
+    if (h.no_prox) MDT_LAUNCH(blocks, kAdanThreads, 0, stream, adan_step_kernel<P, S, true, true>)(table, h, clip_coef);
+    else MDT_LAUNCH(blocks, kAdanThreads, 0, stream, adan_step_kernel<P, S, true, false>)(table, h, clip_coef);
   } else {
-    if (h.no_prox) adan_step_kernel<P, S, false, true><<<blocks, kAdanThreads, 0, stream>>>(table, h, clip_coef);
-    else adan_step_kernel<P, S, false, false><<<blocks, kAdanThreads, 0, stream>>>(table, h, clip_coef);
+    if (h.no_prox) MDT_LAUNCH(blocks, kAdanThreads, 0, stream, adan_step_kernel<P, S, false, true>)(table, h, clip_coef);
+    else MDT_LAUNCH(blocks, kAdanThreads, 0, stream, adan_step_kernel<P, S, false, false>)(table, h, clip_coef);
   }
   return cudaGetLastError();
 }

@@ -19,7 +19,9 @@ namespace mdt {
 // invalid index found by a kernel fails the launch with a device-side assertion, as PyTorch's own
 // indexing kernels do, and the kernel never touches memory out of bounds. (The Python wrappers check
 // values on the host when MDT_KERNELS_CHECK_IDS=1.) With NDEBUG the kernel traps instead.
-#ifdef NDEBUG
+#if defined(MDT_SIMT)  // the host execution layer (csrc/simt): the launch fails, a Python exception follows
+#define MDT_DEVICE_FAIL(cond) ::simt::device_fail(#cond, SIMT_SITE)
+#elif defined(NDEBUG)
 #define MDT_DEVICE_FAIL(cond) \
   do {                        \
     printf("mdt_kernels: device check failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
@@ -95,7 +97,24 @@ struct Ptrs3 {
   T* p[3];
 };
 
-#if defined(__CUDACC__)  // device code and launches: kernel files only (bindings include this with a host compiler)
+#if defined(__CUDACC__) || defined(MDT_SIMT)  // device code and launches: kernel files only (bindings include this with a host compiler)
+
+// The one launch point of every kernel: MDT_LAUNCH(grid, block, smem, stream, kernel)(args...) is
+// kernel<<<grid, block, smem, stream>>>(args...) under nvcc, and a launch on the host execution layer
+// (csrc/simt, the cuda_sim test backend) otherwise. `kernel` may hold commas (template arguments).
+#if defined(MDT_SIMT)
+#define MDT_LAUNCH(grid, block, smem, stream, ...) \
+  ::simt::make_launcher(&__VA_ARGS__, dim3(grid), dim3(block), (smem), (stream), #__VA_ARGS__)
+#else
+#define MDT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
+#endif
+
+// The dynamic shared memory of a kernel (extern __shared__ under nvcc), 16-byte aligned.
+#if defined(MDT_SIMT)
+#define MDT_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::simt::dynamic_smem())
+#else
+#define MDT_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#endif
 
 // Sum over the 32 lanes of a warp (butterfly: every lane gets the same, order-fixed result).
 template <typename A>
@@ -149,8 +168,8 @@ cudaError_t launch_sum_chunks(const A* partial, Ptrs3<T> outs, int64_t P, int64_
                               cudaStream_t stream) {
   const int64_t total = P * R * D;
   if (total == 0) return cudaSuccess;
-  sum_chunks_kernel<A, T><<<static_cast<unsigned>(cdiv(total, kThreads)), kThreads, 0, stream>>>(partial, outs, P, R,
-                                                                                                  C, D);
+  MDT_LAUNCH(static_cast<unsigned>(cdiv(total, kThreads)), kThreads, 0, stream, sum_chunks_kernel<A, T>)(partial, outs, P,
+                                                                                                         R, C, D);
   return cudaGetLastError();
 }
 

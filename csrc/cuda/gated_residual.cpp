@@ -41,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_backward_cuda(const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) {
+MDT_CUDA_IMPL(m) {
   m.impl("gated_residual", &gated_residual_cuda);
   m.impl("gated_residual_backward", &gated_residual_backward_cuda);
 }

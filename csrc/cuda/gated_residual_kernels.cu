@@ -51,7 +51,7 @@ cudaError_t launch_gated_residual_fwd(DType dtype, const void* x, const void* ga
     const int64_t total = B * N * D;
     if (total == 0) return cudaSuccess;
     const int64_t blocks = cdiv(total, kThreads) < (int64_t{1} << 20) ? cdiv(total, kThreads) : (int64_t{1} << 20);
-    gated_residual_fwd_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+    MDT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, gated_residual_fwd_kernel<T>)(
         static_cast<const T*>(x), static_cast<const T*>(gate), static_cast<const T*>(y), static_cast<T*>(out), total, N,
         D, gate_sb, gate_sd);
     return cudaGetLastError();
@@ -70,7 +70,7 @@ cudaError_t launch_gated_residual_bwd(DType dtype, const void* grad, const void*
     A* part = static_cast<A*>(workspace);
     if (B * C * D > 0) {
       const int64_t col_blocks = cdiv(D, kThreads);
-      gated_residual_bwd_kernel<T><<<static_cast<unsigned>(B * C * col_blocks), kThreads, 0, stream>>>(
+      MDT_LAUNCH(static_cast<unsigned>(B * C * col_blocks), kThreads, 0, stream, gated_residual_bwd_kernel<T>)(
           static_cast<const T*>(grad), static_cast<const T*>(gate), static_cast<const T*>(y), static_cast<T*>(dy),
           part, N, D, C, chunk, col_blocks, gate_sb, gate_sd);
       const cudaError_t err = cudaGetLastError();

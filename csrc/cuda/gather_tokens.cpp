@@ -36,7 +36,7 @@ at::Tensor gather_tokens_backward_cuda(const at::Tensor& grad_in, const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) {
+MDT_CUDA_IMPL(m) {
   m.impl("gather_tokens", &gather_tokens_cuda);
   m.impl("gather_tokens_backward", &gather_tokens_backward_cuda);
 }

@@ -33,7 +33,7 @@ cudaError_t gather_with(const void* x, const int64_t* ids, void* out, int64_t ro
                         int64_t row_bytes, cudaStream_t stream) {
   const int64_t words = row_bytes / static_cast<int64_t>(sizeof(Word));
   const int threads = static_cast<int>(words >= kThreads ? kThreads : ((words + 31) / 32) * 32);
-  gather_rows_kernel<Word><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
+  MDT_LAUNCH(static_cast<unsigned>(rows), threads, 0, stream, gather_rows_kernel<Word>)(
       static_cast<const Word*>(x), ids, static_cast<Word*>(out), N, K, words);
   return cudaGetLastError();
 }
@@ -64,7 +64,7 @@ cudaError_t launch_gather_tokens_backward(const void* grad, const int64_t* ids, 
     cudaError_t err = cudaMemsetAsync(dx, 0, static_cast<size_t>(B * N * D) * sizeof(T), stream);
     if (err != cudaSuccess || B * K == 0 || D == 0) return err;
     const int threads = static_cast<int>(D >= kThreads ? kThreads : ((D + 31) / 32) * 32);
-    scatter_add_rows_kernel<T><<<static_cast<unsigned>(B * K), threads, 0, stream>>>(
+    MDT_LAUNCH(static_cast<unsigned>(B * K), threads, 0, stream, scatter_add_rows_kernel<T>)(
         static_cast<const T*>(grad), ids, static_cast<T*>(dx), N, K, D);
     return cudaGetLastError();
   });

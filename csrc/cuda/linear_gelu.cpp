@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cuda(const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) {
+MDT_CUDA_IMPL(m) {
   m.impl("linear_gelu", &linear_gelu_cuda);
   m.impl("linear_gelu_backward", &linear_gelu_backward_cuda);
 }

@@ -175,7 +175,7 @@ template <typename T, int V>
 cudaError_t launch_fwd(const T* h, const T* b, T* y, int64_t M, int64_t D, cudaStream_t stream) {
   const int64_t packs = M * D / V;
   const int64_t blocks = cdiv(packs, kThreads) < kMaxFwdBlocks ? cdiv(packs, kThreads) : kMaxFwdBlocks;
-  linear_gelu_fwd_kernel<T, V><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(h, b, y, packs, D);
+  MDT_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, linear_gelu_fwd_kernel<T, V>)(h, b, y, packs, D);
   return cudaGetLastError();
 }
 
@@ -185,7 +185,7 @@ cudaError_t launch_bwd(const T* g, const T* h, const T* b, T* dh, A* partial, in
                        cudaStream_t stream) {
   const int64_t col_blocks = cdiv(D / V, kBwdThreads);
   const int64_t blocks = num_chunks(M) * col_blocks;
-  linear_gelu_bwd_kernel<T, V><<<static_cast<unsigned>(blocks), kBwdThreads, 0, stream>>>(g, h, b, dh, partial, M, D,
+  MDT_LAUNCH(static_cast<unsigned>(blocks), kBwdThreads, 0, stream, linear_gelu_bwd_kernel<T, V>)(g, h, b, dh, partial, M, D,
                                                                                            row_chunk(M), col_blocks);
   return cudaGetLastError();
 }
@@ -230,7 +230,7 @@ cudaError_t launch_linear_gelu_bwd(DType dtype, const void* grad, const void* h,
       if (err != cudaSuccess) return err;
     }
     if (D == 0) return cudaSuccess;
-    linear_gelu_db_kernel<A, T><<<static_cast<unsigned>(cdiv(D, 32)), 32 * kDbWarps, 0, stream>>>(
+    MDT_LAUNCH(static_cast<unsigned>(cdiv(D, 32)), 32 * kDbWarps, 0, stream, linear_gelu_db_kernel<A, T>)(
         part, static_cast<T*>(dbias), C, D, cdiv(C, kDbWarps));
     return cudaGetLastError();
   });

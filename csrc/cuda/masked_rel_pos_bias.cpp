@@ -40,7 +40,7 @@ at::Tensor masked_rel_pos_bias_backward_cuda(const at::Tensor& grad_in, const at
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) {
+MDT_CUDA_IMPL(m) {
   m.impl("masked_rel_pos_bias", &masked_rel_pos_bias_cuda);
   m.impl("masked_rel_pos_bias_backward", &masked_rel_pos_bias_backward_cuda);
 }

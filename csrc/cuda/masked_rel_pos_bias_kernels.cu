@@ -30,7 +30,7 @@ __global__ void rel_bias_fwd_kernel(const T* __restrict__ table, const int64_t* 
 template <typename T, typename A, bool kShared>
 __global__ void rel_bias_bwd_kernel(const T* __restrict__ grad, const int64_t* __restrict__ ids, A* __restrict__ dtable,
                                     int64_t H, int64_t K, int64_t G, int64_t R) {
-  extern __shared__ unsigned char smem_raw[];
+  MDT_DYNAMIC_SHARED(unsigned char, smem_raw);
   A* acc = reinterpret_cast<A*>(smem_raw);
   const int64_t bh = blockIdx.x, h = bh % H, b = bh / H;
   if (kShared) {
@@ -69,7 +69,7 @@ cudaError_t launch_masked_rel_pos_bias(const void* table, const int64_t* ids, vo
   if (B * H * K == 0 || K == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    rel_bias_fwd_kernel<T><<<static_cast<unsigned>(B * H * K), threads_for(K), 0, stream>>>(
+    MDT_LAUNCH(static_cast<unsigned>(B * H * K), threads_for(K), 0, stream, rel_bias_fwd_kernel<T>)(
         static_cast<const T*>(table), ids, static_cast<T*>(out), H, K, G);
     return cudaGetLastError();
   });
@@ -86,10 +86,10 @@ cudaError_t launch_masked_rel_pos_bias_backward(const void* grad, const int64_t*
     const size_t smem = static_cast<size_t>(R) * sizeof(A);
     const unsigned blocks = static_cast<unsigned>(B * H);
     if (smem <= 48 * 1024) {
-      rel_bias_bwd_kernel<T, A, true><<<blocks, threads_for(K), smem, stream>>>(
+      MDT_LAUNCH(blocks, threads_for(K), smem, stream, rel_bias_bwd_kernel<T, A, true>)(
           static_cast<const T*>(grad), ids, static_cast<A*>(d_table_acc), H, K, G, R);
     } else {
-      rel_bias_bwd_kernel<T, A, false><<<blocks, threads_for(K), 0, stream>>>(
+      MDT_LAUNCH(blocks, threads_for(K), 0, stream, rel_bias_bwd_kernel<T, A, false>)(
           static_cast<const T*>(grad), ids, static_cast<A*>(d_table_acc), H, K, G, R);
     }
     return cudaGetLastError();

@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) {
+MDT_CUDA_IMPL(m) {
   m.impl("residual_adaln_modulate", &residual_adaln_modulate_cuda);
   m.impl("residual_adaln_modulate_backward", &residual_adaln_modulate_backward_cuda);
 }

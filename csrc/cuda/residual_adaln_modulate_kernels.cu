@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps) residual_adaln_bwd_kernel(
     const T* __restrict__ gate, const T* __restrict__ scale, const A* __restrict__ mean, const A* __restrict__ rstd,
     T* __restrict__ dx, T* __restrict__ dy, A* __restrict__ partial, int64_t B, int64_t N, int64_t D, int64_t C,
     int64_t chunk, int64_t g_sb, int64_t g_sd, int64_t sc_sb, int64_t sc_sd, bool smem_acc) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  MDT_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + warp;  // b * C + chunk
   if (item >= B * C) return;
@@ -109,7 +109,7 @@ cudaError_t launch_residual_adaln_modulate_fwd(DType dtype, const void* x, const
     using A = typename Acc<T>::type;
     const int64_t rows = B * N;
     if (rows == 0) return cudaSuccess;
-    residual_adaln_fwd_kernel<T><<<static_cast<unsigned>(cdiv(rows, kMaxWarps)), 32 * kMaxWarps, 0, stream>>>(
+    MDT_LAUNCH(static_cast<unsigned>(cdiv(rows, kMaxWarps)), 32 * kMaxWarps, 0, stream, residual_adaln_fwd_kernel<T>)(
         static_cast<const T*>(x), static_cast<const T*>(gate), static_cast<const T*>(y), static_cast<const T*>(shift),
         static_cast<const T*>(scale), static_cast<T*>(h), static_cast<T*>(out), static_cast<A*>(mean),
         static_cast<A*>(rstd), rows, N, D, gate_sb, gate_sd, shift_sb, shift_sd, scale_sb, scale_sd, eps);
@@ -137,8 +137,8 @@ cudaError_t launch_residual_adaln_modulate_bwd(DType dtype, const void* grad_h, 
       const int fit = static_cast<int>(kSmemLimit / per_warp);
       const bool smem_acc = fit >= 1;
       const int warps = smem_acc ? (fit < kMaxWarps ? fit : kMaxWarps) : kMaxWarps;
-      residual_adaln_bwd_kernel<T><<<static_cast<unsigned>(cdiv(B * C, warps)), 32 * warps,
-                                     smem_acc ? warps * per_warp : 0, stream>>>(
+      MDT_LAUNCH(static_cast<unsigned>(cdiv(B * C, warps)), 32 * warps,
+                                     smem_acc ? warps * per_warp : 0, stream, residual_adaln_bwd_kernel<T>)(
           static_cast<const T*>(grad_h), static_cast<const T*>(grad_out), static_cast<const T*>(h),
           static_cast<const T*>(y), static_cast<const T*>(gate), static_cast<const T*>(scale),
           static_cast<const A*>(mean), static_cast<const A*>(rstd), static_cast<T*>(dx), static_cast<T*>(dy), part, B,

@@ -51,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unmask_tokens_backward_cuda(const
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m) {
+MDT_CUDA_IMPL(m) {
   m.impl("unmask_tokens", &unmask_tokens_cuda);
   m.impl("unmask_tokens_backward", &unmask_tokens_backward_cuda);
 }

@@ -69,7 +69,7 @@ cudaError_t build_inverse_map(const int64_t* ids, int32_t* inv, int64_t B, int64
                               cudaStream_t stream) {
   cudaError_t err = cudaMemsetAsync(inv, 0xFF, static_cast<size_t>(B * N) * sizeof(int32_t), stream);  // all -1
   if (err != cudaSuccess || B * K == 0) return err;
-  inverse_map_kernel<<<static_cast<unsigned>(cdiv(B * K, kThreads)), kThreads, 0, stream>>>(ids, inv, B, N, K);
+  MDT_LAUNCH(static_cast<unsigned>(cdiv(B * K, kThreads)), kThreads, 0, stream, inverse_map_kernel)(ids, inv, B, N, K);
   return cudaGetLastError();
 }
 
@@ -83,7 +83,7 @@ cudaError_t launch_unmask_tokens(const void* x_kept, const int64_t* ids, const v
   if (err != cudaSuccess) return err;
   return dispatch_dtype(dtype, [&](auto zero) -> cudaError_t {
     using T = decltype(zero);
-    unmask_rows_kernel<T><<<static_cast<unsigned>(B * N), threads_for(D), 0, stream>>>(
+    MDT_LAUNCH(static_cast<unsigned>(B * N), threads_for(D), 0, stream, unmask_rows_kernel<T>)(
         static_cast<const T*>(x_kept), inv, static_cast<const T*>(mask), static_cast<const T*>(pos),
         static_cast<T*>(out), N, K, D);
     return cudaGetLastError();
@@ -101,13 +101,13 @@ cudaError_t launch_unmask_tokens_backward(const void* grad, const int64_t* ids, 
     using A = typename Acc<T>::type;
     const dim3 grid(static_cast<unsigned>(cdiv(D, kThreads)), static_cast<unsigned>(N));
     if (N > 0) {
-      unmask_backward_kernel<T, A><<<grid, kThreads, 0, stream>>>(
+      MDT_LAUNCH(grid, kThreads, 0, stream, unmask_backward_kernel<T, A>)(
           static_cast<const T*>(grad), inv, static_cast<T*>(d_x_kept), static_cast<A*>(mask_partial),
           static_cast<T*>(d_pos), B, N, K, D);
       cudaError_t e = cudaGetLastError();
       if (e != cudaSuccess) return e;
     }
-    column_sum_kernel<T, A><<<static_cast<unsigned>(cdiv(D, kThreads)), kThreads, 0, stream>>>(
+    MDT_LAUNCH(static_cast<unsigned>(cdiv(D, kThreads)), kThreads, 0, stream, column_sum_kernel<T, A>)(
         static_cast<const A*>(mask_partial), static_cast<T*>(d_mask), N, D);
     return cudaGetLastError();
   });

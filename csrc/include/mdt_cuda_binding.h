@@ -1,8 +1,17 @@
-// Helpers for the torch side of CUDA kernels (csrc/cuda/<op>.cpp, compiled only with a CUDA torch).
+// Helpers for the torch side of CUDA kernels (csrc/cuda/<op>.cpp), compiled with a CUDA torch, and (with
+// MDT_SIMT) for CPU tensors on the host execution layer csrc/simt: the cuda_sim test backend, whose ops are
+// the same bindings registered as mdt_kernels_sim::* for CPU tensors.
 #pragma once
 #include <ATen/ATen.h>
+#include <torch/library.h>
+#if defined(MDT_SIMT)
+#include "../simt/torch_shim.h"
+#define MDT_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(mdt_kernels_sim, CPU, m)
+#else
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#define MDT_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m)
+#endif
 
 #include "../cuda/launch.h"
 

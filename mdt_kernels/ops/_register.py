@@ -1,10 +1,12 @@
 """Fake kernels and autograd for an op's two registered forms: the C++/CUDA op ``mdt_kernels::<name>``
-(defined in csrc/registration.cpp, present when the extension is built) and its Triton twin
+(defined in csrc/registration.cpp, present when the extension is built; with the test-only cuda_sim backend
+also ``mdt_kernels_sim::<name>``, the CUDA bindings on the host execution layer) and its Triton twin
 ``mdt_kernels::<name>_triton``. Each form differentiates through its own backward op
 (``<name>_backward`` / ``<name>_backward_triton``), so gradients run on the same backend as the forward."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -12,23 +14,43 @@ import torch
 from .. import _dispatch
 
 
+def compiled_namespaces() -> list[str]:
+    """The namespaces whose C++ ops are loaded: mdt_kernels (mdt_kernels._C) and mdt_kernels_sim (the
+    cuda_sim test backend, when MDT_KERNELS_SIM has loaded it)."""
+    return (["mdt_kernels"] if _dispatch._EXT_ERROR is None else []) + (
+        ["mdt_kernels_sim"] if _dispatch._SIM_ERROR is None else [])
+
+
+def compiled_op(ns: str, name: str) -> Callable:
+    """A function calling the C++ op ``ns::name`` (looked up at call time)."""
+    def call(*args):
+        return getattr(getattr(torch.ops, ns), name)(*args)
+
+    return call
+
+
+def sim_twin(compiled: Callable) -> Callable:
+    """The cuda_sim implementation of an op whose ``compiled(*args, ops=torch.ops.mdt_kernels)`` calls its C++ op."""
+    return functools.partial(compiled, ops=torch.ops.mdt_kernels_sim)
+
+
 def register_op(name: str, *, fake_forward: Callable, fake_backward: Callable, setup_context: Callable,
                 backward: Callable, triton: bool = True) -> None:
     """backward(backward_op, ctx, *grads) returns the input gradients, calling backward_op for the math.
 
     triton=False: the op has no Triton twin (only the C++ form is registered)."""
-    forms = [("_triton", "_backward_triton")] if triton else []
-    forms += [("", "_backward")] if _dispatch._EXT_ERROR is None else []
-    for fwd_suffix, bwd_suffix in forms:
+    forms = [("mdt_kernels", "_triton", "_backward_triton")] if triton else []
+    forms += [(ns, "", "_backward") for ns in compiled_namespaces()]
+    for ns, fwd_suffix, bwd_suffix in forms:
         bwd_name = f"{name}{bwd_suffix}"
 
-        def backward_op(*args, _bwd=bwd_name):
-            return getattr(torch.ops.mdt_kernels, _bwd)(*args)
+        def backward_op(*args, _bwd=bwd_name, _ns=ns):
+            return getattr(getattr(torch.ops, _ns), _bwd)(*args)
 
         def autograd_backward(ctx, *grads, _op=backward_op):
             return backward(_op, ctx, *grads)
 
-        torch.library.register_fake(f"mdt_kernels::{name}{fwd_suffix}", fake_forward)
-        torch.library.register_fake(f"mdt_kernels::{bwd_name}", fake_backward)
-        torch.library.register_autograd(f"mdt_kernels::{name}{fwd_suffix}", autograd_backward,
+        torch.library.register_fake(f"{ns}::{name}{fwd_suffix}", fake_forward)
+        torch.library.register_fake(f"{ns}::{bwd_name}", fake_backward)
+        torch.library.register_autograd(f"{ns}::{name}{fwd_suffix}", autograd_backward,
                                         setup_context=setup_context)

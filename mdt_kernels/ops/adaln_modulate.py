@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, cdiv, jit, tl, tl_acc
 from . import _adaln
+from ._register import compiled_namespaces, compiled_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -181,18 +182,18 @@ torch.library.register_fake("mdt_kernels::adaln_modulate_backward_triton", _fake
 torch.library.register_autograd(
     "mdt_kernels::adaln_modulate_triton", _autograd(adaln_modulate_backward_triton), setup_context=_setup_context
 )
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::adaln_modulate", _fake_forward)
-    torch.library.register_fake("mdt_kernels::adaln_modulate_backward", _fake_backward)
+for _ns in compiled_namespaces():
+    torch.library.register_fake(f"{_ns}::adaln_modulate", _fake_forward)
+    torch.library.register_fake(f"{_ns}::adaln_modulate_backward", _fake_backward)
     torch.library.register_autograd(
-        "mdt_kernels::adaln_modulate",
-        _autograd(lambda *args: torch.ops.mdt_kernels.adaln_modulate_backward(*args)),
+        f"{_ns}::adaln_modulate",
+        _autograd(compiled_op(_ns, "adaln_modulate_backward")),
         setup_context=_setup_context,
     )
 
 
-def _compiled(x, shift, scale, eps):
-    return torch.ops.mdt_kernels.adaln_modulate(x, shift, scale, eps)[0]
+def _compiled(x, shift, scale, eps, ops=torch.ops.mdt_kernels):
+    return ops.adaln_modulate(x, shift, scale, eps)[0]
 
 
 def _triton(x, shift, scale, eps):
@@ -200,6 +201,7 @@ def _triton(x, shift, scale, eps):
 
 
 IMPLS = {"reference": adaln_modulate_ref, "cpu": _compiled, "cuda": _compiled, "triton": _triton}
+IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

@@ -28,6 +28,7 @@ import torch
 
 from .. import _dispatch
 from .._triton import jit, tl
+from ._register import compiled_namespaces, sim_twin
 
 STATE_NAMES = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
 _MUTATED = ("params", "exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
@@ -215,8 +216,8 @@ def _fake(*args) -> None:
 
 
 torch.library.register_fake("mdt_kernels::adan_step_triton", _fake)
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::adan_step_", _fake)
+for _ns in compiled_namespaces():
+    torch.library.register_fake(f"{_ns}::adan_step_", _fake)
 
 
 def _fake_norm(tensors):
@@ -227,11 +228,12 @@ if _dispatch._EXT_ERROR is None:
     torch.library.register_fake("mdt_kernels::multi_tensor_l2_norm", _fake_norm)
 
 
-def _compiled(*args) -> None:
-    torch.ops.mdt_kernels.adan_step_(*args)
+def _compiled(*args, ops=torch.ops.mdt_kernels) -> None:
+    ops.adan_step_(*args)
 
 
 IMPLS = {"reference": adan_step_ref, "cpu": _compiled, "cuda": _compiled, "triton": adan_step_triton}
+IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

@@ -13,6 +13,7 @@ import torch
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
 from . import _adaln
+from ._register import compiled_namespaces, compiled_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -125,21 +126,22 @@ torch.library.register_fake("mdt_kernels::gated_residual_backward_triton", _fake
 torch.library.register_autograd(
     "mdt_kernels::gated_residual_triton", _autograd(gated_residual_backward_triton), setup_context=_setup_context
 )
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::gated_residual", _fake_forward)
-    torch.library.register_fake("mdt_kernels::gated_residual_backward", _fake_backward)
+for _ns in compiled_namespaces():
+    torch.library.register_fake(f"{_ns}::gated_residual", _fake_forward)
+    torch.library.register_fake(f"{_ns}::gated_residual_backward", _fake_backward)
     torch.library.register_autograd(
-        "mdt_kernels::gated_residual",
-        _autograd(lambda *args: torch.ops.mdt_kernels.gated_residual_backward(*args)),
+        f"{_ns}::gated_residual",
+        _autograd(compiled_op(_ns, "gated_residual_backward")),
         setup_context=_setup_context,
     )
 
 
-def _compiled(x, gate, y):
-    return torch.ops.mdt_kernels.gated_residual(x, gate, y)
+def _compiled(x, gate, y, ops=torch.ops.mdt_kernels):
+    return ops.gated_residual(x, gate, y)
 
 
 IMPLS = {"reference": gated_residual_ref, "cpu": _compiled, "cuda": _compiled, "triton": gated_residual_triton}
+IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

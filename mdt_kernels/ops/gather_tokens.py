@@ -11,7 +11,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import register_op
+from ._register import register_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -95,11 +95,12 @@ register_op("gather_tokens", fake_forward=_fake_forward, fake_backward=_fake_bac
             backward=_backward)
 
 
-def _compiled(x, ids):
-    return torch.ops.mdt_kernels.gather_tokens(x, ids)
+def _compiled(x, ids, ops=torch.ops.mdt_kernels):
+    return ops.gather_tokens(x, ids)
 
 
 IMPLS = {"reference": gather_tokens_ref, "cpu": _compiled, "cuda": _compiled, "triton": gather_tokens_triton}
+IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

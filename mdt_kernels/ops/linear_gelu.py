@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import _checks
 from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
-from ._register import register_op
+from ._register import register_op, sim_twin
 from .linear import autocast_inputs, check_inputs
 
 KERNELS = ("reference", "cpu", "triton", "cuda")
@@ -143,8 +143,8 @@ register_op("linear_gelu", fake_forward=_fake_forward, fake_backward=_fake_backw
             setup_context=_setup_context, backward=_backward)
 
 
-def _compiled(x, weight, bias):
-    return torch.ops.mdt_kernels.linear_gelu(x, weight, bias)[0]
+def _compiled(x, weight, bias, ops=torch.ops.mdt_kernels):
+    return ops.linear_gelu(x, weight, bias)[0]
 
 
 def _triton(x, weight, bias):
@@ -152,6 +152,7 @@ def _triton(x, weight, bias):
 
 
 IMPLS = {"reference": linear_gelu_ref, "cpu": _compiled, "cuda": _compiled, "triton": _triton}
+IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

@@ -14,7 +14,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import register_op
+from ._register import register_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -119,11 +119,12 @@ register_op("masked_rel_pos_bias", fake_forward=_fake_forward, fake_backward=_fa
             setup_context=_setup_context, backward=_backward)
 
 
-def _compiled(table, grid_size, ids_keep):
-    return torch.ops.mdt_kernels.masked_rel_pos_bias(table, grid_size, ids_keep)
+def _compiled(table, grid_size, ids_keep, ops=torch.ops.mdt_kernels):
+    return ops.masked_rel_pos_bias(table, grid_size, ids_keep)
 
 
 IMPLS = {"cpu": _compiled, "cuda": _compiled, "triton": masked_rel_pos_bias_triton}
+IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

@@ -20,6 +20,7 @@ import torch
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, cdiv, jit, tl, tl_acc
 from . import _adaln
+from ._register import compiled_namespaces, compiled_op, sim_twin
 from .adaln_modulate import adaln_modulate_ref
 from .gated_residual import gated_residual_ref
 
@@ -216,18 +217,18 @@ torch.library.register_autograd(
     _autograd(residual_adaln_modulate_backward_triton),
     setup_context=_setup_context,
 )
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::residual_adaln_modulate", _fake_forward)
-    torch.library.register_fake("mdt_kernels::residual_adaln_modulate_backward", _fake_backward)
+for _ns in compiled_namespaces():
+    torch.library.register_fake(f"{_ns}::residual_adaln_modulate", _fake_forward)
+    torch.library.register_fake(f"{_ns}::residual_adaln_modulate_backward", _fake_backward)
     torch.library.register_autograd(
-        "mdt_kernels::residual_adaln_modulate",
-        _autograd(lambda *args: torch.ops.mdt_kernels.residual_adaln_modulate_backward(*args)),
+        f"{_ns}::residual_adaln_modulate",
+        _autograd(compiled_op(_ns, "residual_adaln_modulate_backward")),
         setup_context=_setup_context,
     )
 
 
-def _compiled(x, gate, y, shift, scale, eps):
-    h, out, _, _ = torch.ops.mdt_kernels.residual_adaln_modulate(x, gate, y, shift, scale, eps)
+def _compiled(x, gate, y, shift, scale, eps, ops=torch.ops.mdt_kernels):
+    h, out, _, _ = ops.residual_adaln_modulate(x, gate, y, shift, scale, eps)
     return h, out
 
 
@@ -237,6 +238,7 @@ def _triton(x, gate, y, shift, scale, eps):
 
 
 IMPLS = {"reference": residual_adaln_modulate_ref, "cpu": _compiled, "cuda": _compiled, "triton": _triton}
+IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

@@ -13,7 +13,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import register_op
+from ._register import register_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -141,11 +141,12 @@ register_op("unmask_tokens", fake_forward=_fake_forward, fake_backward=_fake_bac
             backward=_backward)
 
 
-def _compiled(x_kept, ids_keep, mask_token, num_tokens, pos_embed):
-    return torch.ops.mdt_kernels.unmask_tokens(x_kept, ids_keep, mask_token, num_tokens, pos_embed)
+def _compiled(x_kept, ids_keep, mask_token, num_tokens, pos_embed, ops=torch.ops.mdt_kernels):
+    return ops.unmask_tokens(x_kept, ids_keep, mask_token, num_tokens, pos_embed)
 
 
 IMPLS = {"reference": unmask_tokens_ref, "cpu": _compiled, "cuda": _compiled, "triton": unmask_tokens_triton}
+IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function

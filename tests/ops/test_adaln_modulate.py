@@ -9,8 +9,10 @@ from helpers import (
     assert_close_to_ref,
     assert_same_for_thread_counts,
     backend_device_pairs,
+    compiled_backends,
     is_interpreted,
     modulation,
+    op_namespace,
     property_settings,
     strided,
 )
@@ -131,7 +133,7 @@ def test_gradcheck(backend, device):
 def _ops(backend):
     if backend == "triton":
         return torch.ops.mdt_kernels.adaln_modulate_triton, torch.ops.mdt_kernels.adaln_modulate_backward_triton
-    return torch.ops.mdt_kernels.adaln_modulate, torch.ops.mdt_kernels.adaln_modulate_backward
+    return op_namespace(backend).adaln_modulate, op_namespace(backend).adaln_modulate_backward
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -197,11 +199,11 @@ def test_bad_eps_raises(eps, exc):
         mk.adaln_modulate(x, shift, scale, eps=eps)
 
 
-@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
-def test_cpp_op_checks_inputs_itself():
+@pytest.mark.parametrize("backend", compiled_backends())
+def test_cpp_op_checks_inputs_itself(backend):
     # The registered ops are callable directly (and from compiled graphs): they check before reading.
     (x, shift, scale), g = make(2, 6, 5, torch.float32, "cpu")
-    op, bwd = torch.ops.mdt_kernels.adaln_modulate, torch.ops.mdt_kernels.adaln_modulate_backward
+    op, bwd = op_namespace(backend).adaln_modulate, op_namespace(backend).adaln_modulate_backward
     with pytest.raises(ValueError, match="shift must have shape"):
         op(x, shift[:1], scale, EPS)
     with pytest.raises(TypeError, match="scale has dtype"):

@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 from adan_oracle import AdanOracle
-from helpers import TOL, backend_device_pairs, is_interpreted
+from helpers import (
+    TOL,
+    backend_device_pairs,
+    compiled_backends,
+    is_interpreted,
+    op_namespace,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -188,11 +194,11 @@ def test_size_one_dims_with_other_strides(backend, device):
         mk.adan_step(params, grads, *states, step=t, backend=backend, **HYPER)
         oracle.step([g.cpu() for g in grads])
     assert_matches(params, states, oracle)
-    if backend in ("cpu", "cuda"):  # the registered op itself takes them, for the state too
+    if backend in ("cpu", "cuda", "cuda_sim"):  # the registered op itself takes them, for the state too
         states = [[_restride_unit_dims(s) for s in lst] for lst in states]
         grads = grads_for(params, 3)
         (b1, b2, b3), t = HYPER["betas"], 3
-        torch.ops.mdt_kernels.adan_step_(params, [_restride_unit_dims(g, 3) for g in grads], *states,
+        op_namespace(backend).adan_step_(params, [_restride_unit_dims(g, 3) for g in grads], *states,
                                          torch.ones((), device=device), HYPER["lr"], b1, b2, b3, 1 - b1**t,
                                          1 - b2**t, math.sqrt(1 - b3**t), HYPER["eps"], 0.0, False, False)
         oracle.step([g.cpu() for g in grads])
@@ -255,7 +261,7 @@ def _sample(device, p_dtype=F32, s_dtype=F32):
 
 @pytest.mark.parametrize("backend,device", backend_device_pairs(("cpu", "cuda", "triton")))
 def test_opcheck(backend, device):
-    op = torch.ops.mdt_kernels.adan_step_triton if backend == "triton" else torch.ops.mdt_kernels.adan_step_
+    op = torch.ops.mdt_kernels.adan_step_triton if backend == "triton" else op_namespace(backend).adan_step_
     for dtypes in ((F32, F32), (BF16, F32)):
         torch.library.opcheck(op, _sample(device, *dtypes), test_utils=("test_schema", "test_faketensor"))
 
@@ -300,22 +306,22 @@ def test_unavailable_backend_raises():
         mk.adan_step(params, grads_for(params, 1), *states, step=1, backend="cuda", **HYPER)
 
 
-@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
-def test_cpp_op_checks_inputs_itself():
+@pytest.mark.parametrize("backend", compiled_backends())
+def test_cpp_op_checks_inputs_itself(backend):
     """The registered op is callable directly: it must refuse what the flat-memory kernel cannot handle."""
     args = list(_sample("cpu"))
     bad_strides = list(args)
     bad_strides[2] = [torch.zeros(3, 4).t(), args[2][1]]  # exp_avg[0] permuted, param[0] contiguous
     with pytest.raises(ValueError, match="strides"):
-        torch.ops.mdt_kernels.adan_step_(*bad_strides)
+        op_namespace(backend).adan_step_(*bad_strides)
     bad_coef = list(args)
     bad_coef[6] = torch.tensor([1.0, 2.0])
     with pytest.raises(ValueError, match="clip_coef"):
-        torch.ops.mdt_kernels.adan_step_(*bad_coef)
+        op_namespace(backend).adan_step_(*bad_coef)
     bad_state = list(args)
     bad_state[3] = [t.half() for t in args[3]]
     with pytest.raises(TypeError, match="share one dtype"):
-        torch.ops.mdt_kernels.adan_step_(*bad_state)
+        op_namespace(backend).adan_step_(*bad_state)
 
 
 # ---------------------------------------------------------------------------------------------------

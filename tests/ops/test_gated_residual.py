@@ -8,8 +8,10 @@ from helpers import (
     assert_close_to_ref,
     assert_same_for_thread_counts,
     backend_device_pairs,
+    compiled_backends,
     is_interpreted,
     modulation,
+    op_namespace,
     property_settings,
     strided,
 )
@@ -125,7 +127,7 @@ def test_gradcheck(backend, device):
 def _ops(backend):
     if backend == "triton":
         return torch.ops.mdt_kernels.gated_residual_triton, torch.ops.mdt_kernels.gated_residual_backward_triton
-    return torch.ops.mdt_kernels.gated_residual, torch.ops.mdt_kernels.gated_residual_backward
+    return op_namespace(backend).gated_residual, op_namespace(backend).gated_residual_backward
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -181,10 +183,10 @@ def test_bad_input_raises(backend, case, mutate, exc, match):
         mk.gated_residual(*mutate(x, gate, y))
 
 
-@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
-def test_cpp_op_checks_inputs_itself():
+@pytest.mark.parametrize("backend", compiled_backends())
+def test_cpp_op_checks_inputs_itself(backend):
     (x, gate, y), g = make(2, 6, 5, torch.float32, "cpu")
-    op, bwd = torch.ops.mdt_kernels.gated_residual, torch.ops.mdt_kernels.gated_residual_backward
+    op, bwd = op_namespace(backend).gated_residual, op_namespace(backend).gated_residual_backward
     with pytest.raises(ValueError, match="gate must have shape"):
         op(x, gate[:1], y)
     with pytest.raises(ValueError, match="y must have the shape of x"):

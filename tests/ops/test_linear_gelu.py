@@ -10,8 +10,10 @@ from helpers import (
     assert_same_for_thread_counts,
     backend_device_pairs,
     compile_frame_count,
+    compiled_backends,
     forward_and_grads,
     is_interpreted,
+    op_namespace,
     property_settings,
     strided,
 )
@@ -221,8 +223,8 @@ def test_gradcheck(backend, device):
 
 def _ops(backend):
     suffix = "_triton" if backend == "triton" else ""
-    return (getattr(torch.ops.mdt_kernels, "linear_gelu" + suffix),
-            getattr(torch.ops.mdt_kernels, "linear_gelu_backward" + suffix))
+    return (getattr(op_namespace(backend), "linear_gelu" + suffix),
+            getattr(op_namespace(backend), "linear_gelu_backward" + suffix))
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -298,10 +300,10 @@ def test_bad_input_raises(backend, case, mutate, exc, match):
         mk.linear_gelu(*mutate(x, w, b))
 
 
-@needs_ext()
-def test_cpp_op_checks_inputs_itself():
+@pytest.mark.parametrize("backend", compiled_backends())
+def test_cpp_op_checks_inputs_itself(backend):
     (x, w, b), g = make((2, 4, 5), 3, torch.float32, "cpu")
-    op, bwd = torch.ops.mdt_kernels.linear_gelu, torch.ops.mdt_kernels.linear_gelu_backward
+    op, bwd = op_namespace(backend).linear_gelu, op_namespace(backend).linear_gelu_backward
     with pytest.raises(ValueError, match="but x has 4 input features"):
         op(x[..., :4], w, b)
     with pytest.raises(ValueError, match="bias has 2 elements"):

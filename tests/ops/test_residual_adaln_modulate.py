@@ -9,8 +9,10 @@ from helpers import (
     assert_close_to_ref,
     assert_same_for_thread_counts,
     backend_device_pairs,
+    compiled_backends,
     is_interpreted,
     modulation,
+    op_namespace,
     property_settings,
     strided,
 )
@@ -152,7 +154,7 @@ def _ops(backend):
     if backend == "triton":
         return (torch.ops.mdt_kernels.residual_adaln_modulate_triton,
                 torch.ops.mdt_kernels.residual_adaln_modulate_backward_triton)
-    return torch.ops.mdt_kernels.residual_adaln_modulate, torch.ops.mdt_kernels.residual_adaln_modulate_backward
+    return op_namespace(backend).residual_adaln_modulate, op_namespace(backend).residual_adaln_modulate_backward
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
@@ -222,10 +224,10 @@ def test_bad_eps_raises():
         mk.residual_adaln_modulate(*inputs, eps=-1e-6)
 
 
-@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
-def test_cpp_op_checks_inputs_itself():
+@pytest.mark.parametrize("backend", compiled_backends())
+def test_cpp_op_checks_inputs_itself(backend):
     (x, gate, y, shift, scale), (gh, gout) = make(2, 6, 5, torch.float32, "cpu")
-    op, bwd = torch.ops.mdt_kernels.residual_adaln_modulate, torch.ops.mdt_kernels.residual_adaln_modulate_backward
+    op, bwd = op_namespace(backend).residual_adaln_modulate, op_namespace(backend).residual_adaln_modulate_backward
     with pytest.raises(ValueError, match="shift must have shape"):
         op(x, gate, y, shift[:1], scale, EPS)
     with pytest.raises(TypeError, match="gate has dtype"):

@@ -5,8 +5,11 @@ from helpers import (
     as_float64,
     assert_close,
     backend_device_pairs,
+    compiled_backends,
+    device_check_error,
     forward_and_grads,
     is_interpreted,
+    op_namespace,
     property_settings,
     strided,
 )
@@ -104,8 +107,8 @@ def test_gradcheck(backend, device):
 @pytest.mark.parametrize("backend,device", PAIRS)
 def test_opcheck(backend, device):
     suffix = "_triton" if backend == "triton" else ""
-    fwd = getattr(torch.ops.mdt_kernels, "unmask_tokens" + suffix)
-    bwd = getattr(torch.ops.mdt_kernels, "unmask_tokens_backward" + suffix)
+    fwd = getattr(op_namespace(backend), "unmask_tokens" + suffix)
+    bwd = getattr(op_namespace(backend), "unmask_tokens_backward" + suffix)
     for dtype in (torch.float32, torch.bfloat16):
         xk, ids, mt, pe, gy = make(2, 6, 5, 4, dtype, device)
         torch.library.opcheck(fwd, (xk.requires_grad_(), ids, mt.requires_grad_(), 6, pe.requires_grad_()))
@@ -165,12 +168,13 @@ def test_bad_input_raises(backend, case, mutate, exc, match):
         mk.unmask_tokens(a["xk"], a["ids"], a["mt"], a["N"], a["pe"])
 
 
-@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
-def test_cpp_op_checks_ids_itself():
-    xk, mt = torch.randn(1, 2, 3), torch.randn(3)
-    with pytest.raises(IndexError, match="outside"):
-        torch.ops.mdt_kernels.unmask_tokens(xk, torch.tensor([[0, 6]]), mt, 6, None)
-    with pytest.raises(ValueError, match="twice"):
-        torch.ops.mdt_kernels.unmask_tokens(xk, torch.tensor([[1, 1]]), mt, 6, None)
-    with pytest.raises(IndexError, match="outside"):
-        torch.ops.mdt_kernels.unmask_tokens_backward(torch.randn(1, 6, 3), torch.tensor([[0, 6]]), False)
+@pytest.mark.parametrize("backend", compiled_backends())
+def test_cpp_op_checks_ids_itself(backend):
+    xk, mt, ops = torch.randn(1, 2, 3), torch.randn(3), op_namespace(backend)
+    exc, match = device_check_error(backend)
+    with pytest.raises(exc, match=match):
+        ops.unmask_tokens(xk, torch.tensor([[0, 6]]), mt, 6, None)
+    with pytest.raises(ValueError if backend == "cpu" else RuntimeError, match="twice|previous == -1"):
+        ops.unmask_tokens(xk, torch.tensor([[1, 1]]), mt, 6, None)
+    with pytest.raises(exc, match=match):
+        ops.unmask_tokens_backward(torch.randn(1, 6, 3), torch.tensor([[0, 6]]), False)
