@@ -177,8 +177,8 @@ for _op in ("adaln_modulate", "gated_residual", "residual_adaln_modulate"):
     CASES.update({f"{_op}-B0": adaln_case(_op, 0, 4, 8), f"{_op}-N0": adaln_case(_op, 2, 0, 8),
                   f"{_op}-D0": adaln_case(_op, 2, 4, 0), f"{_op}-B0N0": adaln_case(_op, 0, 0, 8)})
 
-# The ops each backend has (rel_pos_attention: no CUDA kernel; linear: only a CPU one).
-# Ops without a kernel on some backend; the others have all of them, the test-only cuda_sim included.
+# The ops each backend has (rel_pos_attention: no CUDA kernel; linear: only a CPU one); the other ops have
+# every backend, the test-only cuda_sim included.
 KERNELS = {"rel_pos_attention": ("reference", "cpu", "triton"), "linear": ("reference", "cpu")}
 
 
