@@ -44,14 +44,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to `path` through a temporary file + fsync + rename: readers see the old or the new file."""
+def atomic_write(path: str, write) -> None:
+    """Calls write(f) on a temporary file beside `path`, then fsync + rename: readers see the old file or
+    the whole new one, never a part."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +60,11 @@ def atomic_save(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(folder)
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to `path` through atomic_write."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(out_dir: str, step: int, state: dict, keep_last: int = 0) -> str:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoint import atomic_write
+
 EXIT_AFTER_ENV = "MDT_SAMPLE_EXIT_AFTER"  # testing: a rank SIGKILLs itself after writing this many shards
 GRID = 64  # pictures in STEM.png
 
@@ -43,19 +45,6 @@ def draw_labels(classes: list[int], num_samples: int, seed: int) -> torch.Tensor
 
 def shard_path(folder: str, k: int) -> str:
     return os.path.join(folder, f"shard_{k:06d}.npz")
-
-
-def _write_atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_npz(path: str, parts: list, labels: np.ndarray) -> None:
@@ -88,7 +77,7 @@ def write_npz(path: str, parts: list, labels: np.ndarray) -> None:
             info = zipfile.ZipInfo("arr_1.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as out:
                 np.lib.format.write_array(out, np.asarray(labels, dtype=np.int64))
-    _write_atomic(path, write)
+    atomic_write(path, write)
 
 
 def read_shard(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +98,7 @@ def check_settings(folder: str, settings: dict) -> None:
                              "same options, or give another --out")
         return
     os.makedirs(folder, exist_ok=True)
-    _write_atomic(path, lambda f: f.write(json.dumps(settings, indent=1, sort_keys=True).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(settings, indent=1, sort_keys=True).encode()))
 
 
 def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
@@ -158,7 +147,7 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
     for done, k in enumerate(mine, 1):
         y = labels[k * args.batch_size:(k + 1) * args.batch_size]
         pictures = render(y, shard_seed(args.seed, k))
-        _write_atomic(shard_path(folder, k), lambda f, p=pictures, y=y: np.savez(f, p, y.numpy().astype(np.int64)))
+        atomic_write(shard_path(folder, k), lambda f, p=pictures, y=y: np.savez(f, p, y.numpy().astype(np.int64)))
         if bar is not None:
             bar.update(min(len(y) * world, bar.total - bar.n))  # the other ranks advance at about the same pace
         if exit_after and done >= exit_after:
