@@ -86,8 +86,14 @@ def load_inception(path: str | None = None, device="cpu"):
     logits (n, 1008))."""
     path = inception_weights_path(path)
     cls = _inception_class()
+    # torch-fidelity loads the file with torch.load(weights_only=False), which would run any pickled code in
+    # it: refuse a file that is not plain tensors first (mmap: no second read of the data).
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ValueError(f"{path!r} is not a plain state dict of Inception weights ({str(e).splitlines()[0]})") from e
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.load(weights_only=False) inside
+        warnings.simplefilter("ignore")  # torch.load(weights_only=False) inside, on the file checked above
         try:
             net = cls("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=path)
         except (RuntimeError, OSError, EOFError) as e:
