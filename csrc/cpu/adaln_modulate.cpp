@@ -9,8 +9,6 @@
 // chunk's dshift/dscale partials, the second (cached) pass writes dx. Reads x and dout, writes dx.
 #include <torch/library.h>
 
-#include <vector>
-
 #include "ops/adaln.h"
 #include "tensor_view.h"
 #include "vec/adaln.h"

@@ -9,7 +9,6 @@
 //   denom = sqrt(n) / sqrt(bc3) + eps;  update = (lr/bc1 * m + lr*b2/bc2 * v) / denom
 //   p = no_prox ? p (1 - lr wd) - update : (p - update) / (1 + lr wd);  neg_pre_grad = -g
 // A non-finite clip_coef is the caller's "skip this step" signal: nothing is read or written.
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -4,8 +4,6 @@
 // chunk's dgate partial; chunks are added in order (deterministic for any thread count).
 #include <torch/library.h>
 
-#include <vector>
-
 #include "ops/adaln.h"
 #include "tensor_view.h"
 #include "vec/adaln.h"

@@ -11,7 +11,6 @@
 #include <torch/library.h>
 
 #include <optional>
-#include <vector>
 
 #include "ops/adaln.h"
 #include "tensor_view.h"
