@@ -8,9 +8,13 @@ can run here. `nbytes` is the minimal number of bytes the mode must move, for ac
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import os
+import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,14 +52,33 @@ def sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+# A GPU's L2 (50 MB on an H100/H200) would keep a small op's inputs between repetitions and inflate its GB/s:
+# every timed call on a GPU starts from a cold L2, after writing a buffer several times the L2's size.
+_L2_FLUSH_BYTES = 512 * 2**20
+_flush_buffers: dict[torch.device, torch.Tensor] = {}
+
+
+def flush_l2(device: torch.device | str) -> None:
+    """Evicts the GPU's L2 cache (nothing on a CPU, whose timings keep their warm caches as a training loop does)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    if device not in _flush_buffers:
+        _flush_buffers[device] = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+    _flush_buffers[device].zero_()
+
+
 def median_time(fn: Callable[[], object], device, min_time: float = 0.3, min_reps: int = 7, warmup: int = 2) -> float:
-    """Median wall time of fn() in seconds, synchronising the device around every call."""
+    """Median wall time of fn() in seconds, synchronising the device around every call; on a GPU each call
+    starts with a cold L2 (flush_l2, outside the timed interval)."""
     for _ in range(warmup):
         fn()
     sync(device)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < 1000):
+        flush_l2(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
         sync(device)
@@ -63,11 +86,54 @@ def median_time(fn: Callable[[], object], device, min_time: float = 0.3, min_rep
     return statistics.median(times)
 
 
-def copy_bandwidth(device, nbytes: int = 256 * 2**20) -> float:
-    """Measured device copy bandwidth in GB/s (bytes read + bytes written per second)."""
+def copy_bandwidth(device, nbytes: int | None = None) -> float:
+    """Measured device copy bandwidth in GB/s (bytes read + bytes written per second), with buffers far beyond
+    the caches: 256 MiB each on a CPU, 2 GiB each on a GPU (40x a 50 MB L2, flushed before every copy)."""
+    nbytes = nbytes or (2**31 if torch.device(device).type == "cuda" else 256 * 2**20)
     src = torch.randn(nbytes // 4, device=device)
     dst = torch.empty_like(src)
     return 2 * nbytes / median_time(lambda: dst.copy_(src), device, min_time=1.0) / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model, thread count and the instruction set the CPU kernels run."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads, {mk.cpu_capability() or 'no'} kernels"
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def add_run_args(p: argparse.ArgumentParser, dtypes, min_time: float) -> None:
+    """The options every timing benchmark takes: --dtype, --device, --min-time, --out."""
+    p.add_argument("--dtype", default="fp32", choices=dtypes)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--min-time", type=float, default=min_time, help="seconds of timing per provider")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+
+
+def run_meta(device: torch.device, dtype: str) -> dict:
+    """The header of a results table (machine, copy bandwidth, commit, load); warns when a busy CPU makes
+    timings meaningless (another busy process steals a core from the OpenMP threads, and every parallel
+    region then waits for a scheduler tick)."""
+    load = os.getloadavg()[0]
+    if device.type == "cpu" and load > 0.5:
+        print(f"warning: load average {load:.2f}; CPU timings on a busy machine are not representative")
+    meta = dict(device=device_name(device), dtype=dtype, torch=torch.__version__, copy_gbps=copy_bandwidth(device),
+                commit=git_sha(), date=datetime.date.today().isoformat(), load_avg=round(load, 2))
+    print(f"{meta['device']}: copy bandwidth {meta['copy_gbps']:.1f} GB/s")
+    return meta
 
 
 def timed_closure(fn: Callable, inputs: Sequence, grad_inputs: Sequence[torch.Tensor], grads, mode: str):

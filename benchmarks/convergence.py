@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     summary = summarize(curves, args.models)
     import torch
 
-    from .profile_ops import device_name
+    from ._harness import device_name
 
     machine = f"{device_name(torch.device('cpu')).split(',')[0]}, {os.cpu_count()} cores"
     os.makedirs(args.out, exist_ok=True)

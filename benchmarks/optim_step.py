@@ -17,15 +17,12 @@ XL/2 (742M parameters, ~18 GB of fp32 tensors) is only run on a GPU.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import os
 
 import torch
 
 import mdt_kernels as mk
-from benchmarks._harness import copy_bandwidth, median_time, write_results
-from benchmarks.profile_ops import device_name, git_sha
+from benchmarks._harness import add_run_args, median_time, run_meta, write_results
 from mdt.optim import Adan
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -153,10 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (benchmarks/gpu_session.sh is checked against it by the tests)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=",".join(MODELS), help=f"comma-separated, from {list(MODELS)}")
-    p.add_argument("--dtype", default="fp32", choices=DTYPES)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per provider")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    add_run_args(p, DTYPES, min_time=1.0)
     return p
 
 
@@ -168,13 +162,8 @@ def main(argv=None) -> None:
     if any(s not in MODELS for s in shapes):
         p.error(f"unknown shape in {shapes}; known: {list(MODELS)}")
 
-    load = os.getloadavg()[0]
-    if device.type == "cpu" and load > 0.5:  # as profile_ops: another busy process steals an OpenMP thread's core
-        print(f"warning: load average {load:.2f}; CPU timings on a busy machine are not representative")
-    bw = copy_bandwidth(device)
-    meta = dict(device=device_name(device), dtype=args.dtype, torch=torch.__version__, copy_gbps=bw, commit=git_sha(),
-                date=datetime.date.today().isoformat(), load_avg=round(load, 2), notes=[])
-    print(f"{meta['device']}: copy bandwidth {bw:.1f} GB/s")
+    meta = run_meta(device, args.dtype)
+    meta["notes"], bw = [], meta["copy_gbps"]
     rows = []
     for name in shapes:
         if name == "XL/2" and device.type != "cuda":

@@ -11,41 +11,29 @@ and mode), so profiling one op keeps the others' latest rows.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import json
 import os
 import pkgutil
-import platform
-import subprocess
 
 import torch
 
 from benchmarks import cases as cases_pkg
-from benchmarks._harness import MODES, SHAPES, copy_bandwidth, median_time, results_stem, write_results
+from benchmarks._harness import (  # noqa: F401
+    MODES,
+    SHAPES,
+    add_run_args,
+    device_name,
+    git_sha,
+    median_time,
+    results_stem,
+    run_meta,
+    write_results,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FUSED = ("cpu", "cuda", "triton")
 REFS = ("eager", "compile", "baseline")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def _row(r: dict) -> str:
@@ -79,10 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {list(SHAPES)}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {MODES}")
-    p.add_argument("--dtype", default="fp32", choices=DTYPES)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per provider")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    add_run_args(p, DTYPES, min_time=0.5)
     return p
 
 
@@ -100,15 +85,8 @@ def main(argv=None) -> None:
     if any(o not in names for o in ops):
         p.error(f"unknown op in {ops}; known: {names}")
 
-    load = os.getloadavg()[0]
-    if device.type == "cpu" and load > 0.5:
-        # Another busy process steals a core from the OpenMP threads, and every parallel region then
-        # waits for a scheduler tick: CPU timings are meaningless until the machine is idle.
-        print(f"warning: load average {load:.2f}; CPU timings on a busy machine are not representative")
-    bw = copy_bandwidth(device)
-    meta = dict(device=device_name(device), dtype=args.dtype, torch=torch.__version__, copy_gbps=bw,
-                commit=git_sha(), date=datetime.date.today().isoformat(), load_avg=round(load, 2))
-    print(f"{meta['device']}: copy bandwidth {bw:.1f} GB/s")
+    meta = run_meta(device, args.dtype)
+    bw = meta["copy_gbps"]
     new_rows = []
     for name in names:
         if ops and name not in ops:
