@@ -115,12 +115,23 @@ def git_sha() -> str:
         return "unknown"
 
 
-def add_run_args(p: argparse.ArgumentParser, dtypes, min_time: float) -> None:
-    """The options every timing benchmark takes: --dtype, --device, --min-time, --out."""
+def run_parser(doc: str | None, dtypes, shapes, min_time: float) -> argparse.ArgumentParser:
+    """The options every timing benchmark takes: --shapes, --dtype, --device, --min-time, --out."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=",".join(shapes), help=f"comma-separated, from {list(shapes)}")
     p.add_argument("--dtype", default="fp32", choices=dtypes)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--min-time", type=float, default=min_time, help="seconds of timing per provider")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    return p
+
+
+def split_choices(p: argparse.ArgumentParser, value: str, known, what: str) -> list[str]:
+    """A comma-separated option as a list; an unknown entry is a usage error naming the known ones."""
+    chosen = [v for v in value.split(",") if v]
+    if any(v not in known for v in chosen):
+        p.error(f"unknown {what} in {chosen}; known: {list(known)}")
+    return chosen
 
 
 def run_meta(device: torch.device, dtype: str) -> dict:

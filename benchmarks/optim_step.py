@@ -22,7 +22,7 @@ import gc
 import torch
 
 import mdt_kernels as mk
-from benchmarks._harness import add_run_args, median_time, run_meta, write_results
+from benchmarks._harness import median_time, run_meta, run_parser, split_choices, write_results
 from mdt.optim import Adan
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -140,27 +140,22 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                      f"{r['bytes_per_param']} | {r['gbps']:.1f} | {100 * r['gbps'] / meta['copy_gbps']:.0f}% | "
                      f"{r['x_min']:.2f} |")
     notes = ["", "B/param is what each step needs at least, not what it moves: the foreach rows move several times "
-             "more (sail-sg's Adan foreach sequence ~184 B/param). The copy bandwidth is torch's copy_ of 256 MiB "
-             "counted as read + write; a copy also pays a write-allocate read of its destination, while every array "
-             "the Adan kernel writes it has just read, so a kernel can exceed 100% of it."]
+             "more (sail-sg's Adan foreach sequence ~184 B/param). The copy bandwidth is torch's copy_ of buffers far "
+             "beyond the caches, counted as read + write; a copy also pays a write-allocate read of its destination, "
+             "while every array the Adan kernel writes it has just read, so a kernel can exceed 100% of it."]
     return "\n".join(lines + notes + meta.get("notes", [])) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (benchmarks/gpu_session.sh is checked against it by the tests)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default=",".join(MODELS), help=f"comma-separated, from {list(MODELS)}")
-    add_run_args(p, DTYPES, min_time=1.0)
-    return p
+    return run_parser(__doc__, DTYPES, MODELS, min_time=1.0)
 
 
 def main(argv=None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    shapes = [s for s in args.shapes.split(",") if s]
-    if any(s not in MODELS for s in shapes):
-        p.error(f"unknown shape in {shapes}; known: {list(MODELS)}")
+    shapes = split_choices(p, args.shapes, MODELS, "shape")
 
     meta = run_meta(device, args.dtype)
     meta["notes"], bw = [], meta["copy_gbps"]

@@ -22,12 +22,13 @@ from benchmarks import cases as cases_pkg
 from benchmarks._harness import (  # noqa: F401
     MODES,
     SHAPES,
-    add_run_args,
     device_name,
     git_sha,
     median_time,
     results_stem,
     run_meta,
+    run_parser,
+    split_choices,
     write_results,
 )
 
@@ -63,11 +64,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (benchmarks/gpu_session.sh is checked against it by the tests)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = run_parser(__doc__, DTYPES, SHAPES, min_time=0.5)
     p.add_argument("--ops", default="", help="comma-separated op names (default: all)")
-    p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {list(SHAPES)}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {MODES}")
-    add_run_args(p, DTYPES, min_time=0.5)
     return p
 
 
@@ -75,15 +74,10 @@ def main(argv=None) -> None:
     p = build_parser()
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    shapes = [s for s in args.shapes.split(",") if s]
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = [s for s in shapes if s not in SHAPES] + [m for m in modes if m not in MODES]
-    if unknown:
-        p.error(f"unknown shape or mode: {unknown}")
-    ops = [o for o in args.ops.split(",") if o]
+    shapes = split_choices(p, args.shapes, SHAPES, "shape")
+    modes = split_choices(p, args.modes, MODES, "mode")
     names = [m.name for m in pkgutil.iter_modules(cases_pkg.__path__)]
-    if any(o not in names for o in ops):
-        p.error(f"unknown op in {ops}; known: {names}")
+    ops = split_choices(p, args.ops, names, "op")
 
     meta = run_meta(device, args.dtype)
     bw = meta["copy_gbps"]
