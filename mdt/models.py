@@ -102,13 +102,14 @@ def attention(q, k, v, bias=None, backend="sdpa"):
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters and state-dict keys) whose CPU GEMMs run as mdt_kernels.linear, on
-    the engine mdt_kernels.cpu_gemm_engine(dtype) names (oneDNN or ATen), when the kernel backend is auto or
-    cpu; otherwise (reference, an explicit triton/cuda backend, GPUs) it is exactly nn.Linear, as
-    linear has only a CPU kernel. For the per-token projections; the per-sample ones (adaLN, timestep
-    MLP: a batch of rows) keep nn.Linear, where the op's call overhead would outweigh the GEMM."""
+    the engine mdt_kernels.cpu_gemm_engine(dtype) names (oneDNN or ATen), wherever the dispatcher runs
+    linear's kernel (auto or cpu backend, CPU tensors); otherwise (reference, an explicit triton/cuda
+    backend, GPUs) it is exactly nn.Linear, as linear has only a CPU kernel. For the per-token projections;
+    the per-sample ones (adaLN, timestep MLP: a batch of rows) keep nn.Linear, where the op's call overhead
+    would outweigh the GEMM."""
 
     def forward(self, x):
-        if x.device.type == "cpu" and mk.get_backend() in ("auto", "cpu"):
+        if mk.runs_fused("linear", x.device):
             return mk.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from mdt_kernels.ops.adan import STATE_NAMES, adan_step, fused_available, global_norm
+import mdt_kernels as mk
+from mdt_kernels.ops.adan import STATE_NAMES, adan_step, global_norm
 
 NONFINITE_POLICIES = ("raise", "skip")
 
@@ -137,7 +138,7 @@ class Adan(torch.optim.Optimizer):
     @staticmethod
     def _backend(fused: bool | None, device: torch.device) -> str | None:
         """The adan_step backend of a group: None (the dispatcher's fused choice) or "reference"."""
-        return None if fused or (fused is None and fused_available(device)) else "reference"
+        return None if fused or (fused is None and mk.runs_fused("adan_step", device)) else "reference"
 
     def _clip_coef(self, grads: list[torch.Tensor], where: list[tuple[int, int]]) -> torch.Tensor:
         """The 0-d float32 clip coefficient on the first gradient's device: min(1, max_norm / (norm +

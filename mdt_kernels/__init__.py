@@ -2,7 +2,8 @@
 
 Every op has a plain-PyTorch reference and C++ (CPU), CUDA and Triton kernels (``linear`` a CPU one
 only, ``rel_pos_attention`` no CUDA one); ``use_backend`` picks which runs (``auto``: the fastest one
-that can run for the tensors' device). ``use_cpu_gemm_engine`` picks the GEMM of the CPU kernels.
+that can run for the tensors' device) inside a ``with`` block, ``set_backend`` from now on; ``op_kernels``
+lists an op's backends for a device. ``use_cpu_gemm_engine`` picks the GEMM of the CPU kernels.
 """
 
 from ._dispatch import (
@@ -16,6 +17,9 @@ from ._dispatch import (
     cpu_gemm_engine,
     cpu_gemm_setting,
     get_backend,
+    op_kernels,
+    runs_fused,
+    set_backend,
     use_backend,
     use_cpu_capability,
     use_cpu_gemm_engine,
@@ -49,8 +53,11 @@ __all__ = [
     "linear",
     "linear_gelu",
     "masked_rel_pos_bias",
+    "op_kernels",
     "rel_pos_attention",
     "residual_adaln_modulate",
+    "runs_fused",
+    "set_backend",
     "unmask_tokens",
     "use_backend",
     "use_cpu_capability",

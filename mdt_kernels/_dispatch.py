@@ -9,10 +9,13 @@ Backends (all compute the same function):
              the host execution layer csrc/simt (mdt_kernels._C_sim, ops mdt_kernels_sim::*), on CPU tensors.
              Enabled by MDT_KERNELS_SIM=1 (MDT_KERNELS_SIM=asan: the sanitizer build _C_sim_asan) before import.
 
-The backend is global state: ``use_backend(name)`` sets it (and restores it when used as a context
-manager); ``MDT_KERNELS_BACKEND`` gives the default, else ``auto``. ``auto`` takes the first backend of
-``AUTO_ORDER[device type]`` that can run. An explicit backend that cannot run raises ``BackendError``
-with the reason; nothing is replaced silently.
+The backend is global state: ``set_backend(name)`` sets it; ``with use_backend(name):`` sets it for a block
+(from entering to leaving it: constructing one does nothing); ``MDT_KERNELS_BACKEND`` gives the default, else
+``auto``. Each op declares the kernels it has per device type (``declare_kernels``; the reference runs
+everywhere) and asks ``resolve`` which one runs: ``auto`` takes the first backend of ``AUTO_ORDER[device type]``
+the op has and that can run here. An explicit backend that cannot run raises ``BackendError`` with the
+reason; nothing is replaced silently. Code that chooses between an op and something else (mdt's models,
+its optimizer) asks ``runs_fused`` rather than reading the setting itself.
 """
 
 from __future__ import annotations
@@ -85,25 +88,55 @@ def get_backend() -> str:
     return _backend
 
 
-class use_backend:
-    """Selects the backend globally; as a context manager, restores the previous one on exit.
+def set_backend(name: str) -> None:
+    """Selects the backend from now on (for a block of code: ``with use_backend(name):``)."""
+    global _backend
+    _backend = _check_name(name)
 
-    >>> mdt_kernels.use_backend("cpu")            # from now on
-    >>> with mdt_kernels.use_backend("reference"):  # only inside the block
+
+class use_backend:
+    """Selects the backend inside a ``with`` block and restores the previous one when the block ends
+    (exception or not). Constructing it changes nothing; it can be entered again, also nested.
+
+    >>> with mdt_kernels.use_backend("reference"):
     ...     y = mdt_kernels.gather_tokens(x, ids)
     """
 
     def __init__(self, name: str):
-        global _backend
-        self._previous = _backend
-        _backend = _check_name(name)
+        self.name = _check_name(name)
+        self._previous: list[str] = []
 
     def __enter__(self) -> use_backend:
+        self._previous.append(_backend)
+        set_backend(self.name)
         return self
 
     def __exit__(self, *exc) -> None:
-        global _backend
-        _backend = self._previous
+        set_backend(self._previous.pop())
+
+    def __repr__(self) -> str:
+        return f"use_backend({self.name!r})"
+
+
+# The kernels each op has, per device type; the reference (any device) is implied. An op that declares
+# nothing has every backend that runs on the device: cpu and triton on CPU tensors, cuda and triton on CUDA ones.
+_ALL_KERNELS = {"cpu": ("cpu", "triton"), "cuda": ("cuda", "triton")}
+_KERNELS: dict[str, dict[str, tuple[str, ...]]] = {}
+
+
+def declare_kernels(op: str, **per_device: tuple[str, ...]) -> None:
+    """Declares the kernels of ``op`` per device type, e.g. ``declare_kernels("linear", cpu=("cpu",), cuda=())``."""
+    for dev, names in per_device.items():
+        bad = [n for n in names if n not in BACKENDS or n == "reference"]
+        if dev not in _ALL_KERNELS or bad:
+            raise ValueError(f"declare_kernels({op!r}): unknown device type {dev!r} or backends {bad}")
+    _KERNELS[op] = {dev: tuple(per_device.get(dev, ())) for dev in _ALL_KERNELS}
+
+
+def op_kernels(op: str, device: torch.device | str) -> tuple[str, ...]:
+    """The backends ``op`` has for tensors of ``device``: its kernels, then "reference" (whatever this build
+    and machine can run: see available_backends)."""
+    return _KERNELS.get(op, _ALL_KERNELS).get(torch.device(device).type, ()) + ("reference",)
 
 
 def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
@@ -149,18 +182,21 @@ def _listed() -> tuple[str, ...]:
     return BACKENDS + ((SIM,) if _SIM_ERROR is None else ())
 
 
-def has_kernel(kernels: tuple[str, ...], backend: str) -> bool:
-    """Whether an op with ``kernels`` runs on ``backend`` (cuda_sim runs the ops that have a cuda kernel)."""
-    return backend in kernels or (backend == SIM and "cuda" in kernels)
+def has_kernel(op: str, backend: str, device: torch.device | str) -> bool:
+    """Whether ``op`` has a kernel of ``backend`` for ``device`` tensors (cuda_sim, CPU tensors on the cuda
+    backend's kernels, runs the ops that have a cuda kernel)."""
+    if backend == SIM:
+        return "cuda" in op_kernels(op, "cuda")
+    return backend in op_kernels(op, device)
 
 
 _warned: set = set()
 
 
-def _warn_reference(op: str, device: torch.device, kernels: tuple[str, ...]) -> None:
+def _warn_reference(op: str, device: torch.device) -> None:
     """Once per device type (per op, for an op without every kernel): auto fell back to the reference."""
     first = AUTO_ORDER[device.type][0]
-    if first in kernels:
+    if has_kernel(op, first, device):
         key, why = device.type, unavailable_reason(first, device)
     else:
         key, why = (device.type, op), f"{op} has no {first} kernel"
@@ -170,23 +206,35 @@ def _warn_reference(op: str, device: torch.device, kernels: tuple[str, ...]) -> 
                       stacklevel=4)
 
 
-def resolve(op: str, device: torch.device, kernels: tuple[str, ...] = BACKENDS) -> str:
-    """The backend that will run ``op`` for tensors on ``device`` under the current setting.
-
-    ``kernels``: the backends ``op`` has (every one, unless the op says otherwise)."""
+def _choose(op: str, device: torch.device) -> tuple[str, str | None]:
+    """(backend, why it cannot run or None) under the current setting."""
     if _backend != "auto":
         why = unavailable_reason(_backend, device)
-        if why is None and not has_kernel(kernels, _backend):
-            why = f"{op} has no {_backend} kernel (it has: {', '.join(kernels)})"
-        if why is not None:
-            raise BackendError(f"mdt_kernels.{op}: backend {_backend!r} cannot run: {why}")
-        return _backend
-    for name in AUTO_ORDER.get(device.type, ("reference",)):
-        if name in kernels and unavailable_reason(name, device) is None:
-            if name == "reference" and device.type in AUTO_ORDER:
-                _warn_reference(op, device, kernels)
-            return name
-    return "reference"
+        if why is None and not has_kernel(op, _backend, device):
+            why = f"{op} has no {_backend} kernel (it has: {', '.join(op_kernels(op, device))})"
+        return _backend, why
+    for name in AUTO_ORDER.get(device.type, ()):
+        if has_kernel(op, name, device) and unavailable_reason(name, device) is None:
+            return name, None
+    return "reference", None
+
+
+def resolve(op: str, device: torch.device) -> str:
+    """The backend that will run ``op`` for tensors on ``device`` under the current setting."""
+    backend, why = _choose(op, device)
+    if why is not None:
+        raise BackendError(f"mdt_kernels.{op}: backend {_backend!r} cannot run: {why}")
+    if backend == "reference" and _backend == "auto" and device.type in AUTO_ORDER:
+        _warn_reference(op, device)
+    return backend
+
+
+def runs_fused(op: str, device: torch.device | str) -> bool:
+    """Whether ``op`` runs one of its kernels (not the reference) for ``device`` tensors under the current
+    setting; never raises nor warns. For code that would run something else than the op's reference
+    otherwise (mdt's Linear: nn.Linear; Adan: its foreach path)."""
+    backend, why = _choose(op, torch.device(device))
+    return why is None and backend != "reference"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -26,10 +26,25 @@ def test_use_backend_global_and_context():
         assert mk.get_backend() == "reference"
     assert mk.get_backend() == start
     try:
-        mk.use_backend("reference")  # plain call: stays set
+        mk.set_backend("reference")  # the global setter: stays set
         assert mk.get_backend() == "reference"
     finally:
-        mk.use_backend(start)
+        mk.set_backend(start)
+
+
+def test_use_backend_acts_only_inside_its_block_and_can_be_entered_again():
+    """Constructing use_backend changes nothing; one object entered twice (as mdt train does: the loop, then
+    the final sampling) selects its backend both times, also nested in itself."""
+    start = mk.get_backend()
+    ref = mk.use_backend("reference")
+    assert mk.get_backend() == start
+    for _ in range(2):
+        with ref:
+            assert mk.get_backend() == "reference"
+            with mk.use_backend("auto"), ref:
+                assert mk.get_backend() == "reference"
+            assert mk.get_backend() == "reference"
+        assert mk.get_backend() == start
 
 
 def test_context_restores_after_exception():
@@ -39,9 +54,12 @@ def test_context_restores_after_exception():
     assert mk.get_backend() == start
 
 
-def test_unknown_backend_raises():
+@pytest.mark.parametrize("select", [mk.use_backend, mk.set_backend])
+def test_unknown_backend_raises(select):
     with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
-        mk.use_backend("cudnn")
+        select("cudnn")
+    with pytest.raises(ValueError, match="unknown device type 'tpu'"):
+        _dispatch.declare_kernels("some_op", tpu=("cpu",))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -82,7 +100,7 @@ def test_bad_environment_variable_is_a_clear_error():
 
 def test_triton_needs_interpreter_for_cpu_tensors():
     code = ("import torch, mdt_kernels as mk\n"
-            "mk.use_backend('triton')\n"
+            "mk.set_backend('triton')\n"
             "try:\n    mk.gather_tokens(torch.randn(1, 3, 2), torch.tensor([[0]]))\n"
             "except mk.BackendError as e:\n    print(e)\n")
     r = _run(code, TRITON_INTERPRET="0")

@@ -239,17 +239,6 @@ IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindi
 # Public function
 
 
-def fused_available(device: torch.device | str) -> bool:
-    """Whether adan_step under the current backend setting runs a fused kernel for ``device`` tensors
-    (what ``mdt.optim.Adan(fused=None)`` uses to choose its path)."""
-    device = torch.device(device)
-    chosen = _dispatch.get_backend()
-    if chosen != "auto":
-        return chosen != "reference"
-    return any(b != "reference" and _dispatch.unavailable_reason(b, device) is None
-               for b in _dispatch.AUTO_ORDER.get(device.type, ()))
-
-
 def global_norm(tensors: list[torch.Tensor], backend: str | None = None) -> torch.Tensor:
     """The L2 norm over all ``tensors`` (one device, at least one tensor) as a 0-d float32 tensor,
     without a host sync: what Adan clips with. On the cpu backend one parallel pass of the C++ kernel

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .. import _checks, _dispatch
 from ._register import register_op
 
-KERNELS = ("reference", "cpu")
+_dispatch.declare_kernels("linear", cpu=("cpu",), cuda=())  # no GPU kernel: cuBLAS is the reference
 
 
 def linear_ref(x, weight, bias=None):
@@ -70,9 +70,8 @@ IMPLS = {"reference": linear_ref, "cpu": _compiled}
 # Input checks and autocast, shared with linear_gelu
 
 
-def check_inputs(op: str, kernels: tuple[str, ...], x, weight, bias) -> str:
-    """Checks F.linear's arguments (bias may be None); returns the backend that will run ``op``, which
-    has ``kernels``."""
+def check_inputs(op: str, x, weight, bias) -> str:
+    """Checks F.linear's arguments (bias may be None); returns the backend that will run ``op``."""
     _checks.check_tensor("weight", weight, 2, "(Dout, Din)")
     if bias is not None:
         _checks.check_tensor("bias", bias, 1, "(Dout,)")
@@ -90,7 +89,7 @@ def check_inputs(op: str, kernels: tuple[str, ...], x, weight, bias) -> str:
     _checks.check_same("device", x=x, weight=weight, bias=bias)
     if not torch.is_autocast_enabled(x.device.type):  # before dispatch, so that the reference raises the same
         _checks.check_same("dtype", x=x, weight=weight, bias=bias)
-    return _dispatch.resolve(op, x.device, kernels)
+    return _dispatch.resolve(op, x.device)
 
 
 def autocast_inputs(x, weight, bias):
@@ -117,7 +116,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Returns:
         (..., Dout) in x's dtype. Differentiable in x, weight and bias.
     """
-    backend = check_inputs("linear", KERNELS, x, weight, bias)
+    backend = check_inputs("linear", x, weight, bias)
     if backend == "reference":
         return linear_ref(x, weight, bias)
     x, weight, bias = autocast_inputs(x, weight, bias)

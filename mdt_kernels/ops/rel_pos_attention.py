@@ -24,7 +24,7 @@ from .._triton import acc_dtype, block_size, cdiv, jit, next_power_of_2, tl
 from ._register import register_op
 from .masked_rel_pos_bias import check_table, masked_rel_pos_bias_ref
 
-KERNELS = ("reference", "cpu", "triton")
+_dispatch.declare_kernels("rel_pos_attention", cpu=("cpu", "triton"), cuda=("triton",))
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -294,7 +294,7 @@ def rel_pos_attention(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, id
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     ids_arg = ids_keep if isinstance(ids_keep, torch.Tensor) else None
     _checks.check_same("device", qkv=qkv, table=table, ids_keep=ids_arg)
-    backend = _dispatch.resolve("rel_pos_attention", qkv.device, KERNELS)
+    backend = _dispatch.resolve("rel_pos_attention", qkv.device)
     if ids_keep is None:
         if K != grid_size * grid_size:
             raise ValueError(f"without ids_keep qkv must hold all grid_size^2 = {grid_size ** 2} tokens, got K = {K}")

@@ -177,11 +177,6 @@ for _op in ("adaln_modulate", "gated_residual", "residual_adaln_modulate"):
     CASES.update({f"{_op}-B0": adaln_case(_op, 0, 4, 8), f"{_op}-N0": adaln_case(_op, 2, 0, 8),
                   f"{_op}-D0": adaln_case(_op, 2, 4, 0), f"{_op}-B0N0": adaln_case(_op, 0, 0, 8)})
 
-# The ops each backend has (rel_pos_attention: no CUDA kernel; linear: only a CPU one); the other ops have
-# every backend, the test-only cuda_sim included.
-KERNELS = {"rel_pos_attention": ("reference", "cpu", "triton"), "linear": ("reference", "cpu")}
-
-
 def _run(backend, fn, inputs, wrt, cotangents=None):
     """Outputs (a tuple) and the gradients w.r.t. inputs[wrt] (zeros where autograd gives None), the
     backward run even when every output is empty. cotangents: one per output, else drawn here."""
@@ -201,7 +196,7 @@ def _run(backend, fn, inputs, wrt, cotangents=None):
 @pytest.mark.parametrize("case", CASES)
 def test_empty_matches_reference(case, dtype, backend, device):
     op = case.split("-")[0]
-    if backend not in KERNELS.get(op, (*mk.BACKENDS, "cuda_sim")):
+    if not mk._dispatch.has_kernel(op, backend, device):  # rel_pos_attention: no CUDA kernel; linear: CPU only
         pytest.skip(f"{op} has no {backend} kernel")
     fn, inputs, wrt, exact = CASES[case](dtype, device)
     outs_ref, grads_ref, gs = _run("reference", fn, inputs, wrt)

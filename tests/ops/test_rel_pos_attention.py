@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import mdt_kernels as mk
 from mdt_kernels.ops.masked_rel_pos_bias import relative_position_index
-from mdt_kernels.ops.rel_pos_attention import KERNELS, rel_pos_attention_ref
+from mdt_kernels.ops.rel_pos_attention import rel_pos_attention_ref
 
 PAIRS = backend_device_pairs(("cpu", "triton"))  # the op has no CUDA kernel
 ALL_DTYPES = {**DTYPES, "f64": torch.float64}
@@ -214,11 +214,15 @@ def test_cpp_op_checks_itself():
 
 @pytest.mark.skipif(mk._dispatch.unavailable_reason("triton", "cpu") is not None, reason="needs interpreted Triton")
 def test_dispatcher_uses_the_ops_kernel_set():
-    cpu = torch.device("cpu")
+    cpu, x = torch.device("cpu"), torch.randn(1, 2, 4)
+    assert mk.op_kernels("rel_pos_attention", "cpu") == ("cpu", "triton", "reference")
+    assert mk.op_kernels("rel_pos_attention", "cuda") == ("triton", "reference")  # no CUDA kernel
+    assert mk.op_kernels("linear", "cuda") == ("reference",)
     with mk.use_backend("triton"):
-        assert mk._dispatch.resolve("rel_pos_attention", cpu, KERNELS) == "triton"
-        with pytest.raises(mk.BackendError, match="has no triton kernel"):
-            mk._dispatch.resolve("rel_pos_attention", cpu, ("reference", "cpu"))
+        assert mk._dispatch.resolve("rel_pos_attention", cpu) == "triton"
+        assert not mk.runs_fused("linear", cpu)  # mdt's Linear then runs nn.Linear
+        with pytest.raises(mk.BackendError, match="linear has no triton kernel"):
+            mk.linear(x, torch.randn(3, 4))
 
 
 @pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
