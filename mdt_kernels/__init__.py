@@ -3,7 +3,8 @@
 Every op has a plain-PyTorch reference and C++ (CPU), CUDA and Triton kernels (``linear`` a CPU one
 only, ``rel_pos_attention`` no CUDA one); ``use_backend`` picks which runs (``auto``: the fastest one
 that can run for the tensors' device) inside a ``with`` block, ``set_backend`` from now on; ``op_kernels``
-lists an op's backends for a device. ``use_cpu_gemm_engine`` picks the GEMM of the CPU kernels.
+lists an op's backends for a device. ``use_cpu_gemm_engine`` / ``set_cpu_gemm_engine`` pick the GEMM of
+the CPU kernels, ``use_cpu_capability`` / ``set_cpu_capability`` their instruction set.
 """
 
 from ._dispatch import (
@@ -20,6 +21,8 @@ from ._dispatch import (
     op_kernels,
     runs_fused,
     set_backend,
+    set_cpu_capability,
+    set_cpu_gemm_engine,
     use_backend,
     use_cpu_capability,
     use_cpu_gemm_engine,
@@ -58,6 +61,8 @@ __all__ = [
     "residual_adaln_modulate",
     "runs_fused",
     "set_backend",
+    "set_cpu_capability",
+    "set_cpu_gemm_engine",
     "unmask_tokens",
     "use_backend",
     "use_cpu_capability",

@@ -94,28 +94,35 @@ def set_backend(name: str) -> None:
     _backend = _check_name(name)
 
 
-class use_backend:
-    """Selects the backend inside a ``with`` block and restores the previous one when the block ends
-    (exception or not). Constructing it changes nothing; it can be entered again, also nested.
+class _Switch:
+    """A setting selected inside a ``with`` block: the name is checked when constructed, set when the
+    block is entered, and the previous value restored when it ends (exception or not). Constructing one
+    changes nothing; it can be entered again, also nested."""
+
+    def __init__(self, name: str):
+        self.name = self._check(name)
+        self._previous: list[str] = []
+
+    def __enter__(self):
+        self._previous.append(self._get())
+        self._set(self.name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._set(self._previous.pop())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class use_backend(_Switch):
+    """Selects the backend inside a ``with`` block (``set_backend``: from now on).
 
     >>> with mdt_kernels.use_backend("reference"):
     ...     y = mdt_kernels.gather_tokens(x, ids)
     """
 
-    def __init__(self, name: str):
-        self.name = _check_name(name)
-        self._previous: list[str] = []
-
-    def __enter__(self) -> use_backend:
-        self._previous.append(_backend)
-        set_backend(self.name)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        set_backend(self._previous.pop())
-
-    def __repr__(self) -> str:
-        return f"use_backend({self.name!r})"
+    _check, _get, _set = staticmethod(_check_name), staticmethod(get_backend), staticmethod(set_backend)
 
 
 # The kernels each op has, per device type; the reference (any device) is implied. An op that declares
@@ -265,23 +272,24 @@ def cpu_gemm_setting() -> str | None:
     return None if _EXT_ERROR is not None else torch.ops.mdt_kernels.cpu_gemm_setting()
 
 
-class use_cpu_gemm_engine:
-    """Selects the CPU GEMM setting ("auto", "onednn" or "aten") globally; as a context manager,
-    restores the previous one on exit."""
+def _check_gemm_engine(name: str) -> str:
+    if name not in CPU_GEMM_ENGINES:
+        raise ValueError(f"unknown CPU GEMM engine {name!r}; choose one of {', '.join(CPU_GEMM_ENGINES)}")
+    if _EXT_ERROR is not None:
+        raise BackendError(f"no CPU GEMM engine to select: {_EXT_ERROR}")
+    return name
 
-    def __init__(self, name: str):
-        if name not in CPU_GEMM_ENGINES:
-            raise ValueError(f"unknown CPU GEMM engine {name!r}; choose one of {', '.join(CPU_GEMM_ENGINES)}")
-        if _EXT_ERROR is not None:
-            raise BackendError(f"no CPU GEMM engine to select: {_EXT_ERROR}")
-        self._previous = cpu_gemm_setting()
-        torch.ops.mdt_kernels.set_cpu_gemm_engine(name)  # ValueError when this PyTorch lacks oneDNN
 
-    def __enter__(self) -> use_cpu_gemm_engine:
-        return self
+def set_cpu_gemm_engine(name: str) -> None:
+    """Selects the CPU GEMM setting ("auto", "onednn" or "aten") from now on."""
+    torch.ops.mdt_kernels.set_cpu_gemm_engine(_check_gemm_engine(name))  # ValueError when PyTorch lacks oneDNN
 
-    def __exit__(self, *exc) -> None:
-        torch.ops.mdt_kernels.set_cpu_gemm_engine(self._previous)
+
+class use_cpu_gemm_engine(_Switch):
+    """Selects the CPU GEMM setting ("auto", "onednn" or "aten") inside a ``with`` block."""
+
+    _check, _get, _set = staticmethod(_check_gemm_engine), staticmethod(cpu_gemm_setting), staticmethod(
+        set_cpu_gemm_engine)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -302,20 +310,21 @@ def cpu_capabilities() -> list[str]:
     return [] if _EXT_ERROR is not None else list(torch.ops.mdt_kernels.cpu_capabilities())
 
 
-class use_cpu_capability:
-    """Sets the instruction set of the CPU kernels (one of cpu_capabilities()) globally; as a context
-    manager, restores the previous one on exit."""
+def _check_capability(name: str) -> str:
+    if name not in CPU_CAPABILITIES:
+        raise ValueError(f"unknown CPU capability {name!r}; choose one of {', '.join(CPU_CAPABILITIES)}")
+    if _EXT_ERROR is not None:
+        raise BackendError(f"no CPU kernels to select: {_EXT_ERROR}")
+    return name
 
-    def __init__(self, name: str):
-        if name not in CPU_CAPABILITIES:
-            raise ValueError(f"unknown CPU capability {name!r}; choose one of {', '.join(CPU_CAPABILITIES)}")
-        if _EXT_ERROR is not None:
-            raise BackendError(f"no CPU kernels to select: {_EXT_ERROR}")
-        self._previous = cpu_capability()
-        torch.ops.mdt_kernels.set_cpu_capability(name)  # ValueError when this CPU or build lacks it
 
-    def __enter__(self) -> use_cpu_capability:
-        return self
+def set_cpu_capability(name: str) -> None:
+    """Sets the instruction set of the CPU kernels (one of cpu_capabilities()) from now on."""
+    torch.ops.mdt_kernels.set_cpu_capability(_check_capability(name))  # ValueError when this CPU or build lacks it
 
-    def __exit__(self, *exc) -> None:
-        torch.ops.mdt_kernels.set_cpu_capability(self._previous)
+
+class use_cpu_capability(_Switch):
+    """Sets the instruction set of the CPU kernels (one of cpu_capabilities()) inside a ``with`` block."""
+
+    _check, _get, _set = staticmethod(_check_capability), staticmethod(cpu_capability), staticmethod(
+        set_cpu_capability)

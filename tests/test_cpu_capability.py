@@ -54,8 +54,17 @@ def test_use_cpu_capability_sets_and_restores():
         mk.use_cpu_capability("sse9")
     for cap in set(mk.CPU_CAPABILITIES) - set(mk.cpu_capabilities()):
         with pytest.raises(ValueError, match=f'"{cap}" is not available'):
-            mk.use_cpu_capability(cap)
+            mk.set_cpu_capability(cap)
+        with pytest.raises(ValueError, match=f'"{cap}" is not available'), mk.use_cpu_capability(cap):
+            pass
     assert mk.cpu_capability() == before
+    lowest = mk.use_cpu_capability(mk.cpu_capabilities()[0])  # constructing it changes nothing
+    assert mk.cpu_capability() == before
+    try:
+        mk.set_cpu_capability(lowest.name)
+        assert mk.cpu_capability() == lowest.name
+    finally:
+        mk.set_cpu_capability(before)
 
 
 def _in_subprocess(env):
