@@ -143,3 +143,14 @@ def test_linear_gelu(capability):
             t.test_matches_reference("cpu", "cpu", dtype, x_shape, dout)
         t.test_saturated_and_near_zero_inputs("cpu", "cpu", dtype)
     t.test_cpu_backward_is_deterministic()
+
+
+def test_rel_pos_attention(capability):
+    import test_rel_pos_attention as t
+
+    for dtype in t.ALL_DTYPES.values():
+        for case in t.CASES:
+            t.test_matches_reference("cpu", "cpu", dtype, *case)
+    t.test_explicit_scale_and_large_logits("cpu", "cpu")
+    t.test_gradcheck("cpu", "cpu")
+    t.test_cpu_backward_is_deterministic()

@@ -5,7 +5,8 @@
 // Eager PyTorch (masked_rel_pos_bias + scaled_dot_product_attention, math path on CPU) materialises the
 // (B,H,K,K) bias, scales q and k, runs a batched matmul, adds the bias, runs softmax as its own pass, and
 // in backward runs softmax_backward and then sums the (B,H,K,K) score gradient into the table. Here one
-// task per (b, h) does, with its K x K block in cache:
+// task per (b, h) does, with its K x K block in cache (the row passes: vec/rel_pos_attention.cpp, compiled
+// per instruction set):
 //   forward:  S = q k^T (BLAS), one pass  P = softmax(S * scale + bias)  (P saved for backward), O = P v.
 //   backward: dP = dO v^T, dv = P^T dO, one pass  dS = P * (dP - rowsum(P * dP))  that also adds dS into
 //             this task's slice of the table gradient, dq = scale * dS k, dk = scale * dS^T q.
@@ -15,15 +16,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
 #include <limits>
 #include <vector>
 
-#include "fast_math.h"
 #include "ops/adaln.h"
 #include "ops/rel_pos_attention.h"
 #include "rel_pos_offsets.h"
+#include "vec/rel_pos_attention.h"
 
 // BLAS (Fortran interface, 32-bit ints) as exported by libtorch_cpu (MKL or OpenBLAS). Weak: a torch
 // built without BLAS leaves them null and the op raises instead of failing to load.
@@ -96,28 +95,7 @@ void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const RelPo
       const T* v = q + 2 * s3;
       T* P = pr + bh * K * K;
       gemm_rm<T>(false, true, K, K, Dh, T(1), q, sK, k, sK, T(0), P, K);  // S = q k^T
-      const int32_t* A = off.A.data() + b * K;
-      const int32_t* L = off.L.data() + b * K;
-      const T* col = tab + h * R;
-      for (int64_t i = 0; i < K; ++i) {
-        T* __restrict__ s = P + i * K;
-        const T* __restrict__ ci = col + A[i];
-        T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < K; ++j) {
-          const T x = s[j] * scale + ci[-L[j]];
-          s[j] = x;
-          mx = std::max(mx, x);
-        }
-#pragma omp simd
-        for (int64_t j = 0; j < K; ++j) s[j] = fast::exp(s[j] - mx);
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < K; ++j) sum += s[j];
-        const T inv = T(1) / sum;
-#pragma omp simd
-        for (int64_t j = 0; j < K; ++j) s[j] *= inv;
-      }
+      cpu::rel_pos_softmax<T>()(P, K, tab + h * R, off.A.data() + b * K, off.L.data() + b * K, scale);
       gemm_rm<T>(false, false, K, Dh, K, T(1), P, K, v, sK, T(0), o + b * K * H * Dh + h * Dh, H * Dh);  // O = P v
     }
   });
@@ -148,20 +126,7 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& qkv, const at::Te
       const T* P = pr + bh * K * K;
       gemm_rm<T>(false, true, K, K, Dh, T(1), dO, gK, v, sK, T(0), dP.data(), K);  // dP = dO v^T
       gemm_rm<T>(true, false, K, Dh, K, T(1), P, K, dO, gK, T(0), dv, 3 * gK);      // dv = P^T dO
-      const int32_t* A = off.A.data() + b * K;
-      const int32_t* L = off.L.data() + b * K;
-      T* acc = dtab.data() + bh * R;
-      for (int64_t i = 0; i < K; ++i) {
-        const T* __restrict__ p = P + i * K;
-        T* __restrict__ ds = dP.data() + i * K;
-        T delta = 0;
-#pragma omp simd reduction(+ : delta)
-        for (int64_t j = 0; j < K; ++j) delta += p[j] * ds[j];
-#pragma omp simd
-        for (int64_t j = 0; j < K; ++j) ds[j] = p[j] * (ds[j] - delta);
-        T* ai = acc + A[i];
-        for (int64_t j = 0; j < K; ++j) ai[-L[j]] += ds[j];
-      }
+      cpu::rel_pos_softmax_bwd<T>()(P, dP.data(), K, dtab.data() + bh * R, off.A.data() + b * K, off.L.data() + b * K);
       gemm_rm<T>(false, false, K, Dh, K, scale, dP.data(), K, k, sK, T(0), dq, 3 * gK);  // dq = scale dS k
       gemm_rm<T>(true, false, K, Dh, K, scale, dP.data(), K, q, sK, T(0), dk, 3 * gK);   // dk = scale dS^T q
     }
