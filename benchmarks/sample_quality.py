@@ -22,9 +22,9 @@ import time
 import numpy as np
 import torch
 
+from mdt.checkpoint import load_model
 from mdt.metrics import digits_quality
 from mdt.sample import SAMPLERS, generate
-from mdt.sample_cli import load_model
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

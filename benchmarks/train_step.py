@@ -5,9 +5,9 @@ PyTorch reference, eager and under torch.compile, with peak memory and an option
     python -m benchmarks.train_step --models MDTv2-S/2 --compile off --profile
     python -m benchmarks.train_step --precision bf16 --device cuda
 
-What is timed is the body of the trainer's loop (mdt.train._train), built from mdt.train's own pieces
-(TrainConfig, build_model, Objective, make_optimizer, training_step): t ~ U{0..999} -> Objective (MDTv2: full +
-masked pass; DiT: one pass), under autocast for bf16 -> loss.mean().backward() -> Adan step -> EMA update.
+What is timed is the body of the trainer's loop (mdt.train._train), set up by the trainer's own
+mdt.train_step.build_train_step: t ~ U{0..999} -> Objective (MDTv2: full + masked pass; DiT: one pass),
+under autocast for bf16 -> loss.mean().backward() -> Adan step -> EMA update.
 Left out: loading the batch (one fixed random latent batch stays on the device; batch and step seeds are
 those of the trainer, so every configuration sees the same batch, timesteps, noise and masks), the
 trainer's loss bookkeeping, logging and checkpoints.
@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
-import dataclasses
 import datetime
 import gc
 import math
@@ -60,9 +58,8 @@ from torch.profiler import ProfilerActivity
 import mdt_kernels as mk
 from benchmarks._harness import sync, write_results
 from benchmarks.profile_ops import device_name, git_sha
-from mdt.diffusion import create_diffusion
 from mdt.models import MODELS
-from mdt.train import PRECISIONS, Objective, TrainConfig, autocast_context, build_model, make_optimizer, training_step
+from mdt.train_step import PRECISIONS, TrainConfig, build_train_step, model_config
 
 MODES = ("fused", "unfused", "fused-aten")
 DEFAULT_MODES = ("fused", "unfused")
@@ -117,31 +114,17 @@ def make_trainer(name: str, fused: bool, compiled: bool, args, device: torch.dev
     """(step, model): step() runs one training step as mdt.train does and returns the loss tensor."""
     cfg = TrainConfig(model=name, batch_size=args.batch, fused=fused, precision=args.precision, compile=compiled,
                       seed=args.seed)
-    if not cfg.is_mdt():
-        cfg.min_snr_gamma = None  # as mdt train: DiT's loss has no weighting
-    config = {**dataclasses.asdict(cfg), "input_size": args.input_size, "in_channels": args.in_channels,
-              "num_classes": args.num_classes, "class_dropout_prob": cfg.class_dropout, "learn_sigma": True}
-    torch.manual_seed(cfg.seed)
-    model = build_model(config).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    diffusion = create_diffusion("", min_snr_gamma=cfg.min_snr_gamma)
-    objective = Objective(model, diffusion, masked=cfg.is_mdt()).to(device)
-    step_fn = torch.compile(objective) if cfg.compile else objective
-    autocast = autocast_context(cfg.precision, device)
+    config = model_config(cfg, args.input_size, args.in_channels, args.num_classes)
+    train_step = build_train_step(cfg, config, device)  # the trainer's own step, seeded as rank 0
     gen = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(args.batch, args.in_channels, args.input_size, args.input_size, generator=gen).to(device)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
-    torch.manual_seed(cfg.seed * 1_000_003 + 1)  # the trainer's per-step randomness (rank 0)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(cfg.seed * 1_000_003 + 1)
-    model.train()
 
-    def step() -> torch.Tensor:  # the trainer's own step function
-        _, loss = training_step(step_fn, model, ema, opt, x, y, diffusion.num_timesteps, autocast, cfg.ema_decay)
+    def step() -> torch.Tensor:
+        _, loss = train_step(x, y)
         return loss.detach()
 
-    return step, model
+    return step, train_step.model
 
 
 def check_step(name: str, args, device: torch.device) -> dict:

@@ -1,24 +1,33 @@
-"""Training checkpoints: one file per save holding model, EMA, optimizer, step, RNG states and config.
+"""Checkpoints: writing and reading ours, and loading models from them or from published weights.
+
+Training checkpoints: one file per save holding model, EMA, optimizer, step, RNG states and config.
 
 Files are written atomically (a temporary file in the same folder, fsync, rename), so a crash or kill
 mid-save leaves the previous checkpoints untouched and never a half-written file under a checkpoint
 name. They are read with ``torch.load(weights_only=True)``: plain tensors and containers only, no
 pickled code runs. A truncated or corrupt file raises `CheckpointError`, and `load_latest` then falls
 back to the newest checkpoint that reads.
+
+`load_model` builds the model of a training checkpoint, or of a plain state dict such as the official
+MDTv2-XL/2 release (its input size, channels and classes read off the weights).
 """
 
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import warnings
 
 import torch
 
+from .models import MODELS, build_model
+
 FORMAT = "mdt-kernels/train-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
 class CheckpointError(RuntimeError):
@@ -138,3 +147,96 @@ def resolve_resume(resume: str, out_dir: str, map_location="cpu") -> tuple[str, 
     if os.path.isdir(resume):
         return load_latest(resume, map_location)
     return resume, load_checkpoint(resume, map_location)
+
+
+#################################################################################
+#                  Loading models: our checkpoints, published weights           #
+#################################################################################
+
+def unwrap_state_dict(obj, weights: str = "ema") -> dict:
+    """The model state dict in a loaded weights file: plain or under "ema"/"model"/"state_dict" (`weights`
+    picks when both EMA and raw weights are there), with DDP/compile key prefixes removed."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a state dict, found a {type(obj).__name__}")
+    order = ("ema", "model", "state_dict") if weights == "ema" else ("model", "ema", "state_dict")
+    for key in order:
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"entry {k!r} of the weights is a {type(v).__name__}, not a tensor")
+        for prefix in STRIP_PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        state[k] = v
+    return state
+
+
+def config_from_weights(state: dict, name: str, input_size=None, in_channels=None, num_classes=None) -> dict:
+    """A model config read off a state dict (what is given explicitly wins)."""
+    try:
+        proj = state["x_embedder.proj.weight"]  # (D, C, p, p)
+        grid = math.isqrt(state["pos_embed"].shape[1])  # pos_embed: (1, N, D), N = grid * grid
+        rows = state["y_embedder.embedding_table.weight"].shape[0]  # num_classes (+ 1 null class for CFG)
+        out = state["final_layer.linear.weight"].shape[0]  # p * p * C_out
+    except KeyError as e:
+        raise CheckpointError(f"the weights have no {e.args[0]!r}: not an MDTv2 or DiT state dict") from e
+    in_channels = in_channels or proj.shape[1]
+    num_classes = num_classes or rows - 1  # released models keep the null class
+    return {"model": name, "input_size": input_size or grid * proj.shape[-1], "in_channels": in_channels,
+            "num_classes": num_classes, "class_dropout_prob": 0.1 if rows > num_classes else 0.0,
+            "learn_sigma": out == proj.shape[-1] ** 2 * 2 * in_channels, "mask_ratio": None}
+
+
+def load_weights(model: torch.nn.Module, state: dict, what: str) -> None:
+    """load_state_dict(strict=True), with a one-line CheckpointError naming what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys]
+        raise CheckpointError(f"{what} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def load_model(checkpoint=None, weights_file=None, model_name=None, weights="ema", input_size=None,
+               in_channels=None, num_classes=None, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on device, info) from a training checkpoint or a plain weights file.
+    info: the model config plus "vae" and "latent_scale" (None: pixel space, unknown for weights files) and
+    "source" (a short tag for file names)."""
+    if (checkpoint is None) == (weights_file is None):
+        raise ValueError("give either --checkpoint or --weights-file")
+    if checkpoint is not None:
+        if any(v is not None for v in (model_name, input_size, in_channels, num_classes)):
+            raise ValueError("--model, --input-size, --in-channels and --num-classes apply to --weights-file only "
+                             "(a training checkpoint records its model)")
+        if os.path.isdir(checkpoint):  # a run folder: its newest readable checkpoint
+            checkpoint, state = load_latest(checkpoint)
+        else:
+            state = load_checkpoint(checkpoint)
+        config = state.get("config")
+        if not isinstance(config, dict) or "model" not in config:
+            raise CheckpointError(f"checkpoint {checkpoint!r} has no model config")
+        if not isinstance(state.get(weights), dict):
+            raise CheckpointError(f"checkpoint {checkpoint!r} has no {weights!r} weights"
+                                  + ("; use --weights model" if weights == "ema" else ""))
+        model = build_model(config)
+        load_weights(model, unwrap_state_dict(state[weights]), f"the {weights} weights of {checkpoint!r}")
+        info = {**config, "source": f"step{state.get('step', 0)}"}
+    else:
+        if model_name is None:
+            raise ValueError("--weights-file needs --model (one of " + ", ".join(MODELS) + ")")
+        if model_name not in MODELS:
+            raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
+        state = unwrap_state_dict(load_file(weights_file), weights)
+        info = config_from_weights(state, model_name, input_size, in_channels, num_classes)
+        model = build_model(info)
+        load_weights(model, state, f"{weights_file!r}")
+        info.update(vae=None, latent_scale=None,
+                    source=os.path.splitext(os.path.basename(weights_file))[0])
+    return model.to(device).eval(), info

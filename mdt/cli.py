@@ -15,7 +15,7 @@ import sys
 COMMANDS = {  # name -> module providing add_arguments(parser) and run(args)
     "train": "mdt.train",
     "sample": "mdt.sample_cli",
-    "prepare-latents": "mdt.latents",
+    "prepare-latents": "mdt.prepare_latents",
     "eval": "mdt.evaluate",
 }
 

@@ -15,38 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 
 import numpy as np
 import torch
+
+from .checkpoint import load_model
+from .sample import read_samples
+from .sample_cli import add_sampling_arguments, sample_pictures
+from .utils import default_device
 
 ADM_EVALUATOR = "https://github.com/openai/guided-diffusion/tree/main/evaluations"
 REF_BATCHES = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet"
 REF_BATCH_NAMES = {64: "VIRTUAL_imagenet64_labeled.npz", 128: "VIRTUAL_imagenet128_labeled.npz",
                    256: "VIRTUAL_imagenet256_labeled.npz", 512: "VIRTUAL_imagenet512.npz"}
 DIGITS_SHAPE = (8, 8, 1)
-
-
-def read_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(arr_0 pictures, arr_1 labels or None) of an ADM-format .npz, with one-line errors for other files."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"samples file {path!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "arr_0" not in f.files:
-                raise ValueError(f"{path!r} has no arr_0 (arrays: {', '.join(f.files) or 'none'}); expected the "
-                                 "ADM format written by `mdt sample`")
-            pictures = f["arr_0"]
-            labels = f["arr_1"] if "arr_1" in f.files else None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path!r} is not a readable .npz file ({e})") from e
-    if pictures.dtype != np.uint8 or pictures.ndim != 4 or pictures.shape[-1] not in (1, 3):
-        raise ValueError(f"{path!r}: arr_0 is {pictures.dtype} of shape {pictures.shape}; expected uint8 pictures "
-                         "(n, H, W, 3), or (n, 8, 8, 1) digits")
-    if labels is not None and labels.shape != (len(pictures),):
-        raise ValueError(f"{path!r}: arr_1 has shape {labels.shape}, expected one label per picture "
-                         f"({len(pictures)},)")
-    return pictures, labels
 
 
 def evaluate_digits(pictures: np.ndarray, labels: np.ndarray | None) -> dict:
@@ -75,8 +57,6 @@ def adm_report(path: str, pictures: np.ndarray) -> dict:
 
 
 def add_arguments(parser):
-    from .sample_cli import add_sampling_arguments
-
     parser.add_argument("samples", nargs="?", help="ADM-format .npz (from `mdt sample`)")
     parser.add_argument("--checkpoint", help="a digits training checkpoint: sample it, then evaluate")
     parser.add_argument("--out", default=None,
@@ -95,8 +75,6 @@ def run_fid(args):
     import sys
 
     from . import fid
-    from .latents import default_device
-
     pictures, _ = read_samples(args.samples)
     device = torch.device(args.device or default_device())
     net = fid.load_inception(args.inception_weights, device)
@@ -121,9 +99,6 @@ def run(args):
             raise ValueError("--fid evaluates a SAMPLES.npz; sample the checkpoint with `mdt sample` first")
         return run_fid(args)
     if args.checkpoint is not None:
-        from .latents import default_device
-        from .sample_cli import load_model, sample_pictures
-
         model, info = load_model(args.checkpoint, weights=args.weights, device=args.device or default_device())
         if (info["in_channels"], info["input_size"], info["num_classes"]) != (1, 8, 10) or info.get("vae"):
             raise ValueError(f"--checkpoint evaluates digits models only; {args.checkpoint!r} is a {info['model']} "

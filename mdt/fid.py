@@ -202,7 +202,7 @@ def reference_stats(ref: str, features_of) -> tuple[np.ndarray, np.ndarray, str]
     """(mu, sigma, what) of a reference: an .npz with mu/sigma (the ADM reference batches hold them, computed by
     the TensorFlow graph), an .npz of pictures (arr_0), or a folder of pictures. features_of(uint8 NHWC) ->
     features."""
-    from .evaluate import read_samples
+    from .sample import read_samples
 
     if os.path.isdir(ref):
         pictures = read_image_folder(ref)

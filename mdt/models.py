@@ -506,3 +506,17 @@ for _name, (_depth, _hidden, _heads) in SIZES.items():
                                                         patch_size=_p)
 MODELS["MDTv2-Ti/2"] = functools.partial(MDTv2, patch_size=2, decode_layer=2, **TINY)
 MODELS["DiT-Ti/2"] = functools.partial(DiT, patch_size=2, **TINY)
+
+
+def build_model(config: dict) -> nn.Module:
+    """The model a config describes: a checkpoint's "config" (the run's TrainConfig plus what the data set
+    fixed: input_size, in_channels, num_classes, class_dropout_prob, learn_sigma), or such keys read off a
+    published state dict (mdt.checkpoint.config_from_weights)."""
+    name = config["model"]
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    kwargs = {k: config[k] for k in ("input_size", "in_channels", "num_classes", "class_dropout_prob", "learn_sigma")
+              if config.get(k) is not None}
+    if name.startswith("MDT") and config.get("mask_ratio") is not None:
+        kwargs["mask_ratio"] = config["mask_ratio"]
+    return MODELS[name](**kwargs)

@@ -1,11 +1,12 @@
 """Sampling: class-conditional generation with classifier-free guidance, DDPM, DDIM or DPM-Solver++(2M),
-and the files it writes (a PNG grid and an .npz in the ADM evaluation format)."""
+and the files it writes and reads (a PNG grid and an .npz in the ADM evaluation format)."""
 
 from __future__ import annotations
 
 import functools
 import math
 import os
+import zipfile
 
 import numpy as np
 import torch
@@ -95,3 +96,40 @@ def save_npz(pictures: torch.Tensor, labels: torch.Tensor, path: str) -> str:
     arr = pictures if isinstance(pictures, np.ndarray) and pictures.dtype == np.uint8 else to_uint8(pictures)
     np.savez(path, arr, labels.cpu().numpy().astype(np.int64))
     return path
+
+
+def read_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(arr_0 pictures, arr_1 labels or None) of an ADM-format .npz, with one-line errors for other files."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"samples file {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "arr_0" not in f.files:
+                raise ValueError(f"{path!r} has no arr_0 (arrays: {', '.join(f.files) or 'none'}); expected the "
+                                 "ADM format written by `mdt sample`")
+            pictures = f["arr_0"]
+            labels = f["arr_1"] if "arr_1" in f.files else None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path!r} is not a readable .npz file ({e})") from e
+    if pictures.dtype != np.uint8 or pictures.ndim != 4 or pictures.shape[-1] not in (1, 3):
+        raise ValueError(f"{path!r}: arr_0 is {pictures.dtype} of shape {pictures.shape}; expected uint8 pictures "
+                         "(n, H, W, 3), or (n, 8, 8, 1) digits")
+    if labels is not None and labels.shape != (len(pictures),):
+        raise ValueError(f"{path!r}: arr_1 has shape {labels.shape}, expected one label per picture "
+                         f"({len(pictures)},)")
+    return pictures, labels
+
+
+def parse_classes(tokens, num_classes: int) -> list[int]:
+    """["all"] or class ids (separate or comma-separated) -> sorted ids, each checked to be < num_classes."""
+    words = [w for t in tokens for w in str(t).replace(",", " ").split()]
+    if words == ["all"]:
+        return list(range(num_classes))
+    try:
+        ids = [int(w) for w in words]
+    except ValueError as e:
+        raise ValueError(f"--classes takes class ids or 'all', got {' '.join(words)!r}") from e
+    bad = [i for i in ids if not 0 <= i < num_classes]
+    if bad or not ids:
+        raise ValueError(f"--classes: {bad or 'none given'} not in 0..{num_classes - 1}")
+    return ids

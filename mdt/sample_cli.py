@@ -9,134 +9,25 @@ latents are decoded with the VAE, and OUT.png (one row per class) and OUT.npz (A
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, load_file, load_latest
+from .checkpoint import load_model
+from .data.vae import SAMPLE_VAE, VAE_SCALE, decode_latents, load_vae
 from .models import MODELS
-from .sample import SAMPLERS, generate, save_grid, save_npz, to_uint8
-from .train import build_model
+from .sample import SAMPLERS, generate, parse_classes, save_grid, save_npz, to_uint8
+from .utils import default_device
 
-STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 NO_VAE = "none"
 GRID_SIDE = 16  # the PNG shows at most 16 classes x 16 pictures (the .npz holds them all)
 
 
 #################################################################################
-#                                 Loading models                                #
-#################################################################################
-
-def unwrap_state_dict(obj, weights: str = "ema") -> dict:
-    """The model state dict in a loaded weights file: plain or under "ema"/"model"/"state_dict" (`weights`
-    picks when both EMA and raw weights are there), with DDP/compile key prefixes removed."""
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"expected a state dict, found a {type(obj).__name__}")
-    order = ("ema", "model", "state_dict") if weights == "ema" else ("model", "ema", "state_dict")
-    for key in order:
-        if isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    state = {}
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"entry {k!r} of the weights is a {type(v).__name__}, not a tensor")
-        for prefix in STRIP_PREFIXES:
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        state[k] = v
-    return state
-
-
-def config_from_weights(state: dict, name: str, input_size=None, in_channels=None, num_classes=None) -> dict:
-    """A model config read off a state dict (what is given explicitly wins)."""
-    try:
-        proj = state["x_embedder.proj.weight"]  # (D, C, p, p)
-        grid = math.isqrt(state["pos_embed"].shape[1])  # pos_embed: (1, N, D), N = grid * grid
-        rows = state["y_embedder.embedding_table.weight"].shape[0]  # num_classes (+ 1 null class for CFG)
-        out = state["final_layer.linear.weight"].shape[0]  # p * p * C_out
-    except KeyError as e:
-        raise CheckpointError(f"the weights have no {e.args[0]!r}: not an MDTv2 or DiT state dict") from e
-    in_channels = in_channels or proj.shape[1]
-    num_classes = num_classes or rows - 1  # released models keep the null class
-    return {"model": name, "input_size": input_size or grid * proj.shape[-1], "in_channels": in_channels,
-            "num_classes": num_classes, "class_dropout_prob": 0.1 if rows > num_classes else 0.0,
-            "learn_sigma": out == proj.shape[-1] ** 2 * 2 * in_channels, "mask_ratio": None}
-
-
-def load_weights(model: torch.nn.Module, state: dict, what: str) -> None:
-    """load_state_dict(strict=True), with a one-line CheckpointError naming what does not fit."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys]
-        raise CheckpointError(f"{what} does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state)
-
-
-def load_model(checkpoint=None, weights_file=None, model_name=None, weights="ema", input_size=None,
-               in_channels=None, num_classes=None, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode on device, info) from a training checkpoint or a plain weights file.
-    info: the model config plus "vae" and "latent_scale" (None: pixel space, unknown for weights files) and
-    "source" (a short tag for file names)."""
-    if (checkpoint is None) == (weights_file is None):
-        raise ValueError("give either --checkpoint or --weights-file")
-    if checkpoint is not None:
-        if any(v is not None for v in (model_name, input_size, in_channels, num_classes)):
-            raise ValueError("--model, --input-size, --in-channels and --num-classes apply to --weights-file only "
-                             "(a training checkpoint records its model)")
-        if os.path.isdir(checkpoint):  # a run folder: its newest readable checkpoint
-            checkpoint, state = load_latest(checkpoint)
-        else:
-            state = load_checkpoint(checkpoint)
-        config = state.get("config")
-        if not isinstance(config, dict) or "model" not in config:
-            raise CheckpointError(f"checkpoint {checkpoint!r} has no model config")
-        if not isinstance(state.get(weights), dict):
-            raise CheckpointError(f"checkpoint {checkpoint!r} has no {weights!r} weights"
-                                  + ("; use --weights model" if weights == "ema" else ""))
-        model = build_model(config)
-        load_weights(model, unwrap_state_dict(state[weights]), f"the {weights} weights of {checkpoint!r}")
-        info = {**config, "source": f"step{state.get('step', 0)}"}
-    else:
-        if model_name is None:
-            raise ValueError("--weights-file needs --model (one of " + ", ".join(MODELS) + ")")
-        if model_name not in MODELS:
-            raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
-        state = unwrap_state_dict(load_file(weights_file), weights)
-        info = config_from_weights(state, model_name, input_size, in_channels, num_classes)
-        model = build_model(info)
-        load_weights(model, state, f"{weights_file!r}")
-        info.update(vae=None, latent_scale=None,
-                    source=os.path.splitext(os.path.basename(weights_file))[0])
-    return model.to(device).eval(), info
-
-
-#################################################################################
 #                                    Sampling                                   #
 #################################################################################
-
-def parse_classes(tokens, num_classes: int) -> list[int]:
-    """["all"] or class ids (separate or comma-separated) -> sorted ids, each checked to be < num_classes."""
-    words = [w for t in tokens for w in str(t).replace(",", " ").split()]
-    if words == ["all"]:
-        return list(range(num_classes))
-    try:
-        ids = [int(w) for w in words]
-    except ValueError as e:
-        raise ValueError(f"--classes takes class ids or 'all', got {' '.join(words)!r}") from e
-    bad = [i for i in ids if not 0 <= i < num_classes]
-    if bad or not ids:
-        raise ValueError(f"--classes: {bad or 'none given'} not in 0..{num_classes - 1}")
-    return ids
-
 
 def add_sampling_arguments(parser, num_per_class: int = 8):
     """The sampling options shared by `mdt sample` and `mdt eval --checkpoint`."""
@@ -186,8 +77,6 @@ def render_pictures(model, info: dict, args, labels: torch.Tensor, seed: int, pr
                  progress=progress)  # (n, C, h, w) in model space
     if not latent:
         return to_uint8(x.clamp(-1, 1))
-    from .latents import VAE_SCALE, decode_latents, load_vae
-
     vae = vae or load_vae(info["vae"], next(model.parameters()).device)
     scale = info.get("latent_scale") or VAE_SCALE
     return np.concatenate([to_uint8(decode_latents(vae, z, scale)) for z in x.split(args.batch_size)])
@@ -249,8 +138,6 @@ def add_arguments(parser):
 
 def resolve_vae(info: dict, vae_arg, checkpoint) -> str | None:
     """The VAE to decode with: --vae, else the checkpoint's (None: pixels), else MDT's sampling VAE."""
-    from .latents import SAMPLE_VAE
-
     if vae_arg is None:
         return info.get("vae") if checkpoint is not None else SAMPLE_VAE
     if vae_arg.lower() == NO_VAE:
@@ -268,8 +155,6 @@ def sample_tag(info: dict, args) -> str:
 
 
 def run(args):
-    from .latents import default_device
-
     sharded = args.num_samples is not None
     if sharded:
         from .sample_shards import init_process_group, run_sharded
@@ -286,8 +171,6 @@ def run(args):
         check_guidance(model, info, args)
         vae = None
         if info.get("vae") is not None:
-            from .latents import load_vae
-
             vae = load_vae(info["vae"], device)
         png, npz = run_sharded(model, info, args, output_stem(args.out, tag),
                                lambda labels, seed: render_pictures(model, info, args, labels, seed, vae=vae))

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import atomic_write
+from .utils import default_device, init_distributed
 
 EXIT_AFTER_ENV = "MDT_SAMPLE_EXIT_AFTER"  # testing: a rank SIGKILLs itself after writing this many shards
 GRID = 64  # pictures in STEM.png
@@ -104,8 +105,7 @@ def check_settings(folder: str, settings: dict) -> None:
 def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
     """Samples args.num_samples pictures into stem.npz (see the module docstring); returns (png, npz) paths.
     render(labels, seed) -> (n, H, W, C) uint8 pictures of one shard."""
-    from .sample import save_grid
-    from .sample_cli import parse_classes
+    from .sample import parse_classes, save_grid
 
     n = args.num_samples
     if n < 1 or args.batch_size < 1:
@@ -173,11 +173,8 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
 def init_process_group(device_arg: str | None) -> torch.device:
     """Under torchrun: one process group (NCCL on GPUs, gloo on CPU) with a day-long timeout (ranks may wait
     long at the final barrier when a resumed run finishes unevenly); else nothing. Returns this rank's device."""
-    from .train import init_distributed
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if (device_arg or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") \
-            else "gloo"
+        backend = "nccl" if (device_arg or default_device()).startswith("cuda") else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=24))
     _, device = init_distributed(device_arg or "auto")
     return device

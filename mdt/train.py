@@ -13,15 +13,12 @@ uninterrupted run would be.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -32,108 +29,13 @@ import mdt_kernels as mk
 
 from . import checkpoint as ckpt
 from .data import TrainData, open_dataset
-from .diffusion import MIN_SNR_GAMMA, create_diffusion
 from .models import MODELS
-from .optim import Adan
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-OPTIMIZERS = ("adan", "adamw")
-
-
-@dataclass
-class TrainConfig:
-    model: str = "MDTv2-S/2"  # a name of mdt.models.MODELS
-    data: str = "digits"  # "digits", a `mdt prepare-latents` folder, or an image folder (encoded per step)
-    vae: str | None = None  # VAE for image folders (default stabilityai/sd-vae-ft-mse)
-    image_size: int = 256  # image folders: center-crop size
-    out: str = "runs/mdt"  # output folder: checkpoints/, metrics.jsonl, loss.png, samples.png, eval.json
-    batch_size: int = 256  # global batch, split over the ranks
-    steps: int = 400_000  # total optimizer steps (a resumed run counts from its checkpoint's step)
-    optimizer: str = "adan"  # "adan" (MDT) or "adamw" (DiT)
-    lr: float = 5e-4  # MDT's lr for S/2 (run.sh); constant, no warm-up
-    betas: tuple = (0.98, 0.92, 0.99)  # Adan's (AdamW uses the first two)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # global-norm clipping (Adan's max_grad_norm)
-    ema_decay: float = 0.9999
-    class_dropout: float = 0.1  # labels dropped to the null class (classifier-free guidance)
-    mask_ratio: float = 0.3  # MDTv2 masked pass
-    min_snr_gamma: float | None = MIN_SNR_GAMMA  # MDTv2 loss weighting; DiT models use none
-    fused: bool = True  # mdt_kernels' fused ops and the fused Adan step (False: the PyTorch reference)
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights, optimizer and EMA stay fp32)
-    compile: bool = False  # torch.compile the training objective
-    seed: int = 0
-    device: str = "auto"  # "auto": the rank's GPU when there is one, else CPU
-    threads: int = 0  # CPU threads per rank (0: torch's default)
-    log_every: int = 50
-    ckpt_every: int = 1000
-    keep_last: int = 0  # checkpoints kept (0: all)
-    eval_every: int = 0  # digits: sample + evaluate the EMA model every N steps (0: only at the end)
-    eval_samples: int = 500  # samples per evaluation (digits)
-    sample_steps: int = 100  # DDPM steps for evaluation samples and the final grid
-    cfg_scale: float = 1.5  # guidance for evaluation samples and the grid (<= 1: none)
-    progress: bool = True
-
-    def is_mdt(self) -> bool:
-        return self.model.startswith("MDT")
-
+from .train_step import OPTIMIZERS, PRECISIONS, TrainConfig, build_train_step, model_config, rng_state
+from .utils import Dist, all_gather_objects, init_distributed
 
 #################################################################################
-#                                 Building blocks                               #
+#                                      Data                                     #
 #################################################################################
-
-def build_model(config: dict) -> nn.Module:
-    """The model a config describes: a checkpoint's "config" (the run's TrainConfig plus what the data set
-    fixed: input_size, in_channels, num_classes, class_dropout_prob, learn_sigma), or such keys read off a
-    published state dict (mdt.sample_cli)."""
-    name = config["model"]
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    kwargs = {k: config[k] for k in ("input_size", "in_channels", "num_classes", "class_dropout_prob", "learn_sigma")
-              if config.get(k) is not None}
-    if name.startswith("MDT") and config.get("mask_ratio") is not None:
-        kwargs["mask_ratio"] = config["mask_ratio"]
-    return MODELS[name](**kwargs)
-
-
-class Objective(nn.Module):
-    """The training loss as one module (so DDP and torch.compile see one forward per step):
-    MDTv2: full pass + masked pass (diffusion.mdt_training_losses); DiT: one pass. Returns per-sample terms."""
-
-    def __init__(self, model, diffusion, masked: bool):
-        super().__init__()
-        self.model, self.diffusion, self.masked = model, diffusion, masked
-
-    def forward(self, x, t, y):
-        if self.masked:
-            return self.diffusion.mdt_training_losses(self.model, x, t, {"y": y})
-        return self.diffusion.training_losses(self.model, x, t, {"y": y})
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, one multi-tensor lerp over all parameters."""
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
-
-
-def autocast_context(precision: str, device: torch.device):
-    """bf16: autocast (weights, optimizer state and EMA stay fp32); fp32: nothing."""
-    dtype = PRECISIONS[precision]
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-
-def training_step(step_fn, model, ema, opt, x, y, num_timesteps: int, autocast, ema_decay: float):
-    """One optimizer step as `mdt train` takes it (benchmarks/train_step.py times this same function):
-    t ~ U{0..T-1} -> objective (both passes for MDTv2) -> backward -> optimizer -> EMA. Returns (terms, loss)."""
-    t = torch.randint(0, num_timesteps, (x.shape[0],), device=x.device)
-    with autocast:
-        terms = step_fn(x, t, y)
-    loss = terms["loss"].float().mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    update_ema(ema, model, ema_decay)
-    return terms, loss
-
 
 def batch_indices(step: int, n: int, global_batch: int, seed: int) -> torch.Tensor:
     """The global batch of `step`: epochs are seeded permutations of the n examples (the last partial
@@ -142,70 +44,6 @@ def batch_indices(step: int, n: int, global_batch: int, seed: int) -> torch.Tens
     epoch, j = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     return perm[j * global_batch:(j + 1) * global_batch]
-
-
-def make_optimizer(cfg: TrainConfig, params):
-    if cfg.optimizer == "adan":
-        return Adan(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                    max_grad_norm=cfg.max_grad_norm, fused=cfg.fused)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas[:2]), weight_decay=cfg.weight_decay)
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-#################################################################################
-#                                    Distributed                                #
-#################################################################################
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_arg: str) -> tuple[Dist, torch.device]:
-    """Under torchrun (WORLD_SIZE > 1): one process group (NCCL on GPUs, gloo on CPU), one device per rank."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg == "auto":
-        device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_arg.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but this torch has no usable GPU")
-        device = torch.device("cuda", local_rank if world > 1 or ":" not in device_arg else int(device_arg[5:]))
-        torch.cuda.set_device(device)
-    elif device_arg == "cpu":
-        device = torch.device("cpu")
-    else:
-        raise ValueError(f"unknown device {device_arg!r}; use auto, cpu, cuda or cuda:N")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    d = Dist(rank=dist.get_rank() if world > 1 else 0, world=world, local_rank=local_rank)
-    return d, device
-
-
-def _all_gather_objects(obj, d: Dist) -> list:
-    if d.world == 1:
-        return [obj]
-    out = [None] * d.world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 #################################################################################
@@ -326,45 +164,18 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     data = open_dataset(cfg.data, vae=cfg.vae, image_size=cfg.image_size, device=device)
     if len(data) < cfg.batch_size:
         raise ValueError(f"batch size {cfg.batch_size} is larger than the data set ({len(data)} examples)")
-    if cfg.min_snr_gamma is not None and not cfg.is_mdt():
-        cfg.min_snr_gamma = None  # DiT's loss has no weighting
     # The saved config: the run's options plus what the data set fixes (enough to rebuild the model and decode).
-    config = {**dataclasses.asdict(cfg), "input_size": data.input_size, "in_channels": data.in_channels,
-              "num_classes": data.num_classes, "class_dropout_prob": cfg.class_dropout, "learn_sigma": True,
+    config = {**model_config(cfg, data.input_size, data.in_channels, data.num_classes),
               "vae": getattr(data, "vae_name", cfg.vae), "latent_scale": getattr(data, "scale", None),
               "data_description": data.description, "world_size": d.world}
 
-    # Model, EMA and optimizer: identical on every rank (same seed); per-rank randomness starts afterwards.
-    torch.manual_seed(cfg.seed)
-    model = build_model(config).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    diffusion = create_diffusion("", min_snr_gamma=cfg.min_snr_gamma)
-    torch.manual_seed(cfg.seed * 1_000_003 + 1 + d.rank)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(cfg.seed * 1_000_003 + 1 + d.rank)
-
     step, train_seconds = 0, 0.0  # train_seconds: time spent in training steps (no evaluation, no saving)
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
         step = int(state["step"])
         train_seconds = float(state.get("train_seconds", 0.0))
-        rngs = state["rng"]
-        if len(rngs) == d.world:
-            _set_rng_state(rngs[d.rank], device)
-        elif d.main:
-            warnings.warn(f"the checkpoint was written by {len(rngs)} ranks, this run has {d.world}: random "
-                          "draws are reseeded, so the run will not repeat the original one", stacklevel=2)
-        del state
-
-    objective = Objective(model, diffusion, masked=cfg.is_mdt()).to(device)
-    if d.world > 1:
-        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        objective = nn.parallel.DistributedDataParallel(objective, **ddp_kwargs)
-    step_fn = torch.compile(objective) if cfg.compile else objective
-    autocast = autocast_context(cfg.precision, device)
+    ts = build_train_step(cfg, config, device, d, state)
+    del state
+    model, ema, opt = ts.model, ts.ema, ts.opt
     backend = mk.use_backend("auto" if cfg.fused else "reference")
     log = MetricsLog(cfg.out, step if resume is not None else None) if d.main else None
     if d.main:
@@ -381,13 +192,11 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, loss_full, loss_masked since the last log
     n_sum, t_log, eval_result = 0, time.perf_counter(), None
     bar = _progress(cfg, step, d)
-    model.train()
     with backend:
         while step < cfg.steps:
             idx = batch_indices(step, len(data), cfg.batch_size, cfg.seed)[d.rank * local_batch:][:local_batch]
             x, y = data.to_model_input(data.batch(idx), device)
-            terms, loss = training_step(step_fn, model, ema, opt, x, y, diffusion.num_timesteps, autocast,
-                                        cfg.ema_decay)
+            terms, loss = ts(x, y)
             step += 1
             with torch.no_grad():
                 full = (terms["loss"] - terms["m_loss"] if "m_loss" in terms else terms["loss"]).float().mean()
@@ -429,7 +238,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
     if bar is not None:
         bar.close()
     if d.world > 1:  # every rank holds the same weights: DDP averaged the same gradients into the same state
-        sums = _all_gather_objects(float(sum(p.double().sum() for p in model.parameters())), d)
+        sums = all_gather_objects(float(sum(p.double().sum() for p in model.parameters())), d)
         if len(set(sums)) != 1:
             raise RuntimeError(f"ranks hold different weights after training (checksums {sums})")
     with backend:
@@ -455,7 +264,7 @@ def _progress(cfg, step, d):
 
 
 def _save(cfg, config, step, model, ema, opt, d, device, train_seconds):
-    rngs = _all_gather_objects(_rng_state(device), d)
+    rngs = all_gather_objects(rng_state(device), d)
     if d.main:
         state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rngs,
                  "config": config, "train_seconds": train_seconds}

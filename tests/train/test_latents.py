@@ -7,8 +7,7 @@ import pytest
 import torch
 from train_helpers import IMAGE_SIZE, write_pictures
 
-from mdt import latents
-from mdt.data import open_dataset
+from mdt.data import images, latents, open_dataset
 
 pytest.importorskip("diffusers")
 
@@ -83,7 +82,7 @@ def test_center_crop_keeps_the_middle_square():
             arr[:, w // 4:3 * w // 4] = 255  # white middle half, black sides
         else:
             arr[h // 4:3 * h // 4] = 255
-        out = latents.center_crop_arr(Image.fromarray(arr), IMAGE_SIZE)
+        out = images.center_crop_arr(Image.fromarray(arr), IMAGE_SIZE)
         assert out.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and out.dtype == np.uint8
         assert out.min() >= 250, (h, w)  # the square cut from the middle is all white
 
@@ -148,7 +147,7 @@ def test_latent_folder_decodes_with_the_vae_of_its_meta(prepared, tiny_vae_dir):
 def test_image_folder_data_encodes_a_flipped_or_plain_picture_per_example(image_folder, tiny_vae_dir):
     folder, files = image_folder
     data = open_dataset(str(folder), vae=tiny_vae_dir, image_size=IMAGE_SIZE, device="cpu")
-    assert isinstance(data, latents.ImageFolderData)
+    assert isinstance(data, images.ImageFolderData)
     assert (len(data), data.in_channels, data.input_size, data.num_classes) == (5, 4, 8, 2)
     n = 300
     b = data.batch(torch.full((n,), 3, dtype=torch.long))
@@ -168,12 +167,12 @@ def test_image_folder_data_encodes_a_flipped_or_plain_picture_per_example(image_
 
 def test_image_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        latents.scan_image_folder(str(tmp_path / "missing"))
+        images.scan_image_folder(str(tmp_path / "missing"))
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match="no class sub-folders"):
-        latents.scan_image_folder(str(tmp_path / "flat"))
+        images.scan_image_folder(str(tmp_path / "flat"))
     write_pictures(tmp_path / "partial", {"a": [(4, 4)]})
     (tmp_path / "partial" / "b").mkdir()
     with pytest.raises(ValueError, match="without images: b"):
-        latents.scan_image_folder(str(tmp_path / "partial"))
+        images.scan_image_folder(str(tmp_path / "partial"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_helpers import IMAGE_SIZE
 
-from mdt import cli, sample_cli
+from mdt import checkpoint, cli
 from mdt.checkpoint import save_checkpoint
 from mdt.data import digits_split
 from mdt.models import MODELS
@@ -97,7 +97,7 @@ def test_sample_from_plain_state_dict_with_module_prefix_decodes_with_the_vae(tm
         pictures, labels = f["arr_0"], f["arr_1"]
     assert pictures.shape == (3, IMAGE_SIZE, IMAGE_SIZE, 3) and pictures.dtype == np.uint8
     assert labels.tolist() == [4, 4, 4]
-    from mdt.latents import decode_latents, load_vae
+    from mdt.data.vae import decode_latents, load_vae
 
     z = generate(_model("MDTv2-Ti/2", config, state), torch.tensor([4, 4, 4]), sampler="ddim", steps=3)
     want = to_uint8(decode_latents(load_vae(tiny_vae_dir), z))
@@ -108,14 +108,14 @@ def test_sample_from_plain_state_dict_with_module_prefix_decodes_with_the_vae(tm
                                                                                         for k, v in s.items()}}])
 def test_wrapped_weights_are_unwrapped(wrap):
     state = {"pos_embed": torch.zeros(1), "x_embedder.proj.weight": torch.ones(2)}
-    got = sample_cli.unwrap_state_dict(wrap(state))
+    got = checkpoint.unwrap_state_dict(wrap(state))
     assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
 
 
 def test_weights_picks_ema_or_raw_from_a_file_holding_both():
     ema, raw = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
-    assert sample_cli.unwrap_state_dict({"ema": ema, "model": raw})["w"].item() == 0
-    assert sample_cli.unwrap_state_dict({"ema": ema, "model": raw}, weights="model")["w"].item() == 1
+    assert checkpoint.unwrap_state_dict({"ema": ema, "model": raw})["w"].item() == 0
+    assert checkpoint.unwrap_state_dict({"ema": ema, "model": raw}, weights="model")["w"].item() == 1
 
 
 def _digits_npz(path, labels=None):
