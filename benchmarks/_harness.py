@@ -134,6 +134,12 @@ def split_choices(p: argparse.ArgumentParser, value: str, known, what: str) -> l
     return chosen
 
 
+def meta_line(meta: dict) -> str:
+    """The first sentence of a results table: software, copy bandwidth, commit, date and load."""
+    return (f"torch {meta['torch']}, measured copy bandwidth {meta['copy_gbps']:.1f} GB/s, commit {meta['commit']}, "
+            f"{meta['date']}, load average at start {meta.get('load_avg', '?')}.")
+
+
 def run_meta(device: torch.device, dtype: str) -> dict:
     """The header of a results table (machine, copy bandwidth, commit, load); warns when a busy CPU makes
     timings meaningless (another busy process steals a core from the OpenMP threads, and every parallel

@@ -22,7 +22,7 @@ import gc
 import torch
 
 import mdt_kernels as mk
-from benchmarks._harness import median_time, run_meta, run_parser, split_choices, write_results
+from benchmarks._harness import median_time, meta_line, run_meta, run_parser, split_choices, write_results
 from mdt.optim import Adan
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -126,8 +126,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
         f"# Optimizer step: {meta['device']} ({meta['dtype']} parameters)",
         "",
-        f"torch {meta['torch']}, measured copy bandwidth {meta['copy_gbps']:.1f} GB/s, commit {meta['commit']}, "
-        f"{meta['date']}, load average at start {meta['load_avg']}. Median ms per step. "
+        f"{meta_line(meta)} Median ms per step. "
         "Adan: lr 5e-4, weight_decay 0.02, max_grad_norm 1, fp32 state. "
         "B/param: minimal bytes moved per parameter; x min: time over the time of those bytes at copy bandwidth.",
         "",

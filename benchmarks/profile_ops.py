@@ -25,6 +25,7 @@ from benchmarks._harness import (  # noqa: F401
     device_name,
     git_sha,
     median_time,
+    meta_line,
     results_stem,
     run_meta,
     run_parser,
@@ -49,8 +50,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
         f"# Kernel profile: {meta['device']} ({meta['dtype']})",
         "",
-        f"torch {meta['torch']}, measured copy bandwidth {meta['copy_gbps']:.1f} GB/s, commit {meta['commit']}, "
-        f"{meta['date']}, load average at start {meta.get('load_avg', '?')}. Times are medians in ms. "
+        f"{meta_line(meta)} Times are medians in ms. "
         "Speedups are of the fastest fused backend. GB/s counts the "
         "minimal bytes the mode must move; % is of the copy bandwidth.",
         "",

@@ -24,7 +24,7 @@ import os
 import torch
 
 import mdt_kernels as mk
-from benchmarks._harness import median_time, run_meta, write_results
+from benchmarks._harness import median_time, meta_line, run_meta, write_results
 from mdt.models import MODELS, build_model
 from mdt.sample import SAMPLERS, generate
 
@@ -80,8 +80,7 @@ def rows_for(name: str, args, device: torch.device) -> list[dict]:
 def markdown(meta: dict, rows: list[dict]) -> str:
     a = meta["args"]
     lines = [f"# Sampling speed: {meta['device']} ({meta['dtype']})", "",
-             f"torch {meta['torch']}, commit {meta['commit']}, {meta['date']}, load average at start "
-             f"{meta['load_avg']}. One batch of {a['batch']} samples with classifier-free guidance "
+             f"{meta_line(meta)} One batch of {a['batch']} samples with classifier-free guidance "
              f"(scale {a['cfg_scale']}: {2 * a['batch']} rows per model evaluation), {a['steps']} {a['sampler']} "
              f"steps, {a['input_size']}x{a['input_size']}x{a['in_channels']} latents, {a['num_classes']} classes; "
              f"median of {a['reps']} runs after one warm-up (compilation excluded).", "",

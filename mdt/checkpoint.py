@@ -22,6 +22,7 @@ import warnings
 
 import torch
 
+from .errors import MdtError, UsageError
 from .models import MODELS, build_model
 
 FORMAT = "mdt-kernels/train-checkpoint"
@@ -30,7 +31,7 @@ _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
 STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MdtError, RuntimeError):
     """A checkpoint that cannot be used: missing, truncated, corrupt or not one of ours."""
 
 
@@ -210,10 +211,10 @@ def load_model(checkpoint=None, weights_file=None, model_name=None, weights="ema
     info: the model config plus "vae" and "latent_scale" (None: pixel space, unknown for weights files) and
     "source" (a short tag for file names)."""
     if (checkpoint is None) == (weights_file is None):
-        raise ValueError("give either --checkpoint or --weights-file")
+        raise UsageError("give either --checkpoint or --weights-file")
     if checkpoint is not None:
         if any(v is not None for v in (model_name, input_size, in_channels, num_classes)):
-            raise ValueError("--model, --input-size, --in-channels and --num-classes apply to --weights-file only "
+            raise UsageError("--model, --input-size, --in-channels and --num-classes apply to --weights-file only "
                              "(a training checkpoint records its model)")
         if os.path.isdir(checkpoint):  # a run folder: its newest readable checkpoint
             checkpoint, state = load_latest(checkpoint)
@@ -230,9 +231,9 @@ def load_model(checkpoint=None, weights_file=None, model_name=None, weights="ema
         info = {**config, "source": f"step{state.get('step', 0)}"}
     else:
         if model_name is None:
-            raise ValueError("--weights-file needs --model (one of " + ", ".join(MODELS) + ")")
+            raise UsageError("--weights-file needs --model (one of " + ", ".join(MODELS) + ")")
         if model_name not in MODELS:
-            raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
+            raise UsageError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
         state = unwrap_state_dict(load_file(weights_file), weights)
         info = config_from_weights(state, model_name, input_size, in_channels, num_classes)
         model = build_model(info)

@@ -1,8 +1,9 @@
 """The `mdt` command: `mdt train`, `mdt sample`, `mdt prepare-latents`, `mdt eval` (`mdt <command> --help`).
 
 Each command lives in its own module, which provides `add_arguments(parser)` and `run(args)`. Mistakes
-of the user (bad arguments, missing files, unusable checkpoints, missing optional packages) end with a
-one-line message and exit status 2; set MDT_DEBUG=1 to see the traceback instead.
+of the user (bad arguments, missing files, unusable checkpoints, missing optional packages: the classes of
+mdt.errors, and mdt_kernels.BackendError) end with a one-line message and exit status 2; set MDT_DEBUG=1 to
+see the traceback instead. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import importlib
 import os
 import sys
 
+from .errors import MdtError
+
 COMMANDS = {  # name -> module providing add_arguments(parser) and run(args)
     "train": "mdt.train",
     "sample": "mdt.sample_cli",
@@ -20,16 +23,10 @@ COMMANDS = {  # name -> module providing add_arguments(parser) and run(args)
 }
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for; reported as one line, without a traceback."""
-
-
-def _user_errors():
+def _user_errors() -> tuple[type[Exception], ...]:
     from mdt_kernels import BackendError
 
-    from .checkpoint import CheckpointError
-    return (UsageError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, ImportError, CheckpointError, BackendError, FloatingPointError)
+    return (MdtError, BackendError)
 
 
 def build_parser() -> argparse.ArgumentParser:

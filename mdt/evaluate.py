@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model
+from .errors import InputError, UsageError
 from .sample import read_samples
 from .sample_cli import add_sampling_arguments, sample_pictures
 from .utils import default_device
@@ -36,9 +37,9 @@ def evaluate_digits(pictures: np.ndarray, labels: np.ndarray | None) -> dict:
     from .metrics import digits_quality
 
     if labels is None:
-        raise ValueError("digits samples need their labels (arr_1) to measure accuracy")
+        raise InputError("digits samples need their labels (arr_1) to measure accuracy")
     if labels.min() < 0 or labels.max() > 9:
-        raise ValueError(f"digits labels must be in 0..9, found {labels.min()}..{labels.max()}")
+        raise InputError(f"digits labels must be in 0..9, found {labels.min()}..{labels.max()}")
     x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 1, 8, 8) in [-1, 1]
     return {"kind": "digits", **digits_quality(x, torch.from_numpy(labels.astype(np.int64)))}
 
@@ -47,7 +48,7 @@ def adm_report(path: str, pictures: np.ndarray) -> dict:
     """Shape of a batch for the ADM evaluator and the command that evaluates it."""
     n, h, w, c = pictures.shape
     if c != 3:
-        raise ValueError(f"{path!r}: the ADM evaluator needs RGB pictures, arr_0 has {c} channel(s)")
+        raise InputError(f"{path!r}: the ADM evaluator needs RGB pictures, arr_0 has {c} channel(s)")
     ref = REF_BATCH_NAMES.get(h) if h == w else None
     report = {"kind": "adm", "samples": path, "n": n, "shape": [n, h, w, c]}
     if ref is not None:
@@ -93,15 +94,15 @@ def run_fid(args):
 
 def run(args):
     if (args.samples is None) == (args.checkpoint is None):
-        raise ValueError("give either a SAMPLES.npz file or --checkpoint")
+        raise UsageError("give either a SAMPLES.npz file or --checkpoint")
     if args.fid is not None:
         if args.checkpoint is not None:
-            raise ValueError("--fid evaluates a SAMPLES.npz; sample the checkpoint with `mdt sample` first")
+            raise UsageError("--fid evaluates a SAMPLES.npz; sample the checkpoint with `mdt sample` first")
         return run_fid(args)
     if args.checkpoint is not None:
         model, info = load_model(args.checkpoint, weights=args.weights, device=args.device or default_device())
         if (info["in_channels"], info["input_size"], info["num_classes"]) != (1, 8, 10) or info.get("vae"):
-            raise ValueError(f"--checkpoint evaluates digits models only; {args.checkpoint!r} is a {info['model']} "
+            raise UsageError(f"--checkpoint evaluates digits models only; {args.checkpoint!r} is a {info['model']} "
                              f"on {info.get('data')}: sample it with `mdt sample` and evaluate the .npz")
         pictures, labels = sample_pictures(model, info, args)
         report = {"kind": "digits", "checkpoint": args.checkpoint, "weights": args.weights,

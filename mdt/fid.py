@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 import torch
 
+from .errors import InputError, MissingInputError, MissingPackageError, NonFiniteError
+
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
 INCEPTION_FILE = os.path.basename(INCEPTION_URL)
@@ -40,7 +42,7 @@ def _inception_class():
         return importlib.import_module(name).FeatureExtractorInceptionV3
     except ModuleNotFoundError as e:
         if e.name == "torch_fidelity":
-            raise ImportError("FID needs torch-fidelity: pip install --no-deps torch-fidelity==0.4.0") from e
+            raise MissingPackageError("FID needs torch-fidelity: pip install --no-deps torch-fidelity==0.4.0") from e
         if e.name != "torchvision":
             raise
     for key in [k for k in sys.modules if k == "torch_fidelity" or k.startswith("torch_fidelity.")]:
@@ -63,7 +65,7 @@ def inception_weights_path(path: str | None = None, download: bool = True) -> st
     path = path or os.environ.get(WEIGHTS_ENV)
     if path:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Inception weights {path!r} do not exist; download {INCEPTION_URL}")
+            raise MissingInputError(f"Inception weights {path!r} do not exist; download {INCEPTION_URL}")
         return path
     path = os.path.join(cache_dir(), INCEPTION_FILE)
     if os.path.isfile(path):
@@ -76,7 +78,7 @@ def inception_weights_path(path: str | None = None, download: bool = True) -> st
             return path
         except Exception as e:  # no network, proxy, disk...: one line below
             reason = " ".join(str(e).split()) or type(e).__name__
-    raise FileNotFoundError(f"no Inception weights: {path!r} is missing and {INCEPTION_URL} could not be fetched "
+    raise MissingInputError(f"no Inception weights: {path!r} is missing and {INCEPTION_URL} could not be fetched "
                             f"({reason}); download it where a network exists and give --inception-weights PATH "
                             f"(or ${WEIGHTS_ENV})")
 
@@ -91,13 +93,13 @@ def load_inception(path: str | None = None, device="cpu"):
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
-        raise ValueError(f"{path!r} is not a plain state dict of Inception weights ({str(e).splitlines()[0]})") from e
+        raise InputError(f"{path!r} is not a plain state dict of Inception weights ({str(e).splitlines()[0]})") from e
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.load(weights_only=False) inside, on the file checked above
         try:
             net = cls("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=path)
         except (RuntimeError, OSError, EOFError) as e:
-            raise ValueError(f"{path!r} is not torch-fidelity's Inception weights file ({str(e).splitlines()[0]})") \
+            raise InputError(f"{path!r} is not torch-fidelity's Inception weights file ({str(e).splitlines()[0]})") \
                 from e
     return net.to(device).eval()
 
@@ -108,7 +110,7 @@ def inception_outputs(net, pictures: np.ndarray, batch_size: int = 100, device="
     """(features (n, D) float64, logits (n, K) float64) of uint8 pictures (n, H, W, C); one channel is
     repeated to RGB."""
     if pictures.dtype != np.uint8 or pictures.ndim != 4 or pictures.shape[-1] not in (1, 3):
-        raise ValueError(f"pictures must be uint8 (n, H, W, 1 or 3), got {pictures.dtype} {pictures.shape}")
+        raise InputError(f"pictures must be uint8 (n, H, W, 1 or 3), got {pictures.dtype} {pictures.shape}")
     feats, logits = [], []
     starts = range(0, len(pictures), batch_size)
     if progress:
@@ -132,7 +134,7 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean (D,), covariance (D, D)) of the rows, as the FID reference implementations compute them."""
     features = np.asarray(features, dtype=np.float64)
     if len(features) < 2:
-        raise ValueError(f"FID needs at least 2 pictures, got {len(features)}")
+        raise InputError(f"FID needs at least 2 pictures, got {len(features)}")
     return features.mean(0), np.cov(features, rowvar=False)
 
 
@@ -145,7 +147,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
+        raise InputError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
                          f"{sigma2.shape}")
     diff = mu1 - mu2
     with warnings.catch_warnings():
@@ -156,7 +158,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise FloatingPointError(f"the covariance product's square root has an imaginary part "
+            raise NonFiniteError(f"the covariance product's square root has an imaginary part "
                                      f"{np.abs(covmean.imag).max():.3g}: too few pictures for these features?")
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
@@ -166,7 +168,7 @@ def inception_score(logits: np.ndarray, splits: int = IS_SPLITS) -> tuple[float,
     """(mean, std) over `splits` equal parts of exp(E_x KL(p(y|x) || p(y))), p(y|x) = softmax(logits)."""
     logits = torch.from_numpy(np.asarray(logits, np.float64))
     if len(logits) < splits:
-        raise ValueError(f"the Inception Score needs at least {splits} pictures, got {len(logits)}")
+        raise InputError(f"the Inception Score needs at least {splits} pictures, got {len(logits)}")
     log_p = torch.log_softmax(logits, dim=1)
     scores = []
     for part in log_p.chunk(splits):
@@ -186,14 +188,14 @@ def read_image_folder(folder: str) -> np.ndarray:
     paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder) for f in files
                    if f.lower().endswith(IMAGE_SUFFIXES))
     if not paths:
-        raise FileNotFoundError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in {folder!r}")
+        raise MissingInputError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in {folder!r}")
     arrays = []
     for p in paths:
         with Image.open(p) as im:
             arrays.append(np.asarray(im.convert("RGB")))
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
-        raise ValueError(f"the pictures in {folder!r} have different sizes ({sorted(sizes)[:3]}); resize them to "
+        raise InputError(f"the pictures in {folder!r} have different sizes ({sorted(sizes)[:3]}); resize them to "
                          "one size first, as the reference batches are")
     return np.stack(arrays)
 
@@ -208,7 +210,7 @@ def reference_stats(ref: str, features_of) -> tuple[np.ndarray, np.ndarray, str]
         pictures = read_image_folder(ref)
         return (*feature_stats(features_of(pictures)), f"{len(pictures)} pictures of {ref}")
     if not os.path.isfile(ref):
-        raise FileNotFoundError(f"reference {ref!r} does not exist (give an .npz or a folder of pictures)")
+        raise MissingInputError(f"reference {ref!r} does not exist (give an .npz or a folder of pictures)")
     with np.load(ref, allow_pickle=False) as f:
         if "mu" in f.files and "sigma" in f.files:
             return f["mu"].astype(np.float64), f["sigma"].astype(np.float64), f"mu/sigma of {ref}"
@@ -226,7 +228,7 @@ def fid_report(samples: np.ndarray, ref: str, net, batch_size: int = 100, device
     mu, sigma = feature_stats(feats)
     mu_ref, sigma_ref, what = reference_stats(ref, features_of)
     if mu_ref.shape != mu.shape:
-        raise ValueError(f"the reference statistics have {mu_ref.shape[0]} features, the network gives {mu.shape[0]}")
+        raise InputError(f"the reference statistics have {mu_ref.shape[0]} features, the network gives {mu.shape[0]}")
     report = {"fid": frechet_distance(mu, sigma, mu_ref, sigma_ref), "n": int(len(samples)), "reference": what}
     if len(samples) >= IS_SPLITS:
         report["is"], report["is_std"] = inception_score(logits)

@@ -20,6 +20,7 @@ import os
 
 from .data.latents import prepare_latents
 from .data.vae import DEFAULT_VAE
+from .errors import UsageError
 
 
 def add_arguments(parser):
@@ -36,7 +37,7 @@ def add_arguments(parser):
 
 def run(args):
     if args.image_size < 1 or args.batch_size < 1:
-        raise ValueError("--image-size and --batch-size must be positive")
+        raise UsageError("--image-size and --batch-size must be positive")
     meta = prepare_latents(args.image_dir, args.out_dir, vae=args.vae, image_size=args.image_size,
                            batch_size=args.batch_size, device=args.device, num_workers=max(0, args.workers),
                            overwrite=args.overwrite)

@@ -13,6 +13,7 @@ import torch
 
 from .diffusion import create_diffusion
 from .diffusion.dpm_solver import dpm_solver_pp_sample_loop
+from .errors import InputError, MissingInputError, UsageError
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")  # each takes one model evaluation per step
 
@@ -27,9 +28,9 @@ def generate(model, labels: torch.Tensor, *, sampler: str = "ddpm", steps: int =
     cfg_scale: None or <= 1 samples without guidance; otherwise MDT's guided batch [cond; uncond] with the
     power-cosine scale schedule (scale_pow: None = the model's default)."""
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        raise UsageError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
     if steps < 1:
-        raise ValueError(f"sampling steps must be >= 1, got {steps}")
+        raise UsageError(f"sampling steps must be >= 1, got {steps}")
     device = next(model.parameters()).device
     diffusion = create_diffusion(("ddim" if sampler == "ddim" else "") + str(steps), learn_sigma=model.learn_sigma)
     guided = cfg_scale is not None and cfg_scale > 1.0
@@ -101,21 +102,21 @@ def save_npz(pictures: torch.Tensor, labels: torch.Tensor, path: str) -> str:
 def read_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(arr_0 pictures, arr_1 labels or None) of an ADM-format .npz, with one-line errors for other files."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"samples file {path!r} does not exist")
+        raise MissingInputError(f"samples file {path!r} does not exist")
     try:
         with np.load(path, allow_pickle=False) as f:
             if "arr_0" not in f.files:
-                raise ValueError(f"{path!r} has no arr_0 (arrays: {', '.join(f.files) or 'none'}); expected the "
+                raise InputError(f"{path!r} has no arr_0 (arrays: {', '.join(f.files) or 'none'}); expected the "
                                  "ADM format written by `mdt sample`")
             pictures = f["arr_0"]
             labels = f["arr_1"] if "arr_1" in f.files else None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path!r} is not a readable .npz file ({e})") from e
+        raise InputError(f"{path!r} is not a readable .npz file ({e})") from e
     if pictures.dtype != np.uint8 or pictures.ndim != 4 or pictures.shape[-1] not in (1, 3):
-        raise ValueError(f"{path!r}: arr_0 is {pictures.dtype} of shape {pictures.shape}; expected uint8 pictures "
+        raise InputError(f"{path!r}: arr_0 is {pictures.dtype} of shape {pictures.shape}; expected uint8 pictures "
                          "(n, H, W, 3), or (n, 8, 8, 1) digits")
     if labels is not None and labels.shape != (len(pictures),):
-        raise ValueError(f"{path!r}: arr_1 has shape {labels.shape}, expected one label per picture "
+        raise InputError(f"{path!r}: arr_1 has shape {labels.shape}, expected one label per picture "
                          f"({len(pictures)},)")
     return pictures, labels
 
@@ -128,8 +129,8 @@ def parse_classes(tokens, num_classes: int) -> list[int]:
     try:
         ids = [int(w) for w in words]
     except ValueError as e:
-        raise ValueError(f"--classes takes class ids or 'all', got {' '.join(words)!r}") from e
+        raise UsageError(f"--classes takes class ids or 'all', got {' '.join(words)!r}") from e
     bad = [i for i in ids if not 0 <= i < num_classes]
     if bad or not ids:
-        raise ValueError(f"--classes: {bad or 'none given'} not in 0..{num_classes - 1}")
+        raise UsageError(f"--classes: {bad or 'none given'} not in 0..{num_classes - 1}")
     return ids

@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import load_model
 from .data.vae import SAMPLE_VAE, VAE_SCALE, decode_latents, load_vae
+from .errors import UsageError
 from .models import MODELS
 from .sample import SAMPLERS, generate, parse_classes, save_grid, save_npz, to_uint8
 from .utils import default_device
@@ -54,7 +55,7 @@ def sample_pictures(model, info: dict, args) -> tuple[np.ndarray, torch.Tensor]:
     latents are decoded with info["vae"] (None: the model samples pictures). Pictures are kept as uint8 only:
     50k ImageNet samples take 9.8 GB so, four times that as floats."""
     if args.num_per_class < 1 or args.batch_size < 1:
-        raise ValueError("--num-per-class and --batch-size must be positive")
+        raise UsageError("--num-per-class and --batch-size must be positive")
     classes = parse_classes(args.classes, info["num_classes"])
     check_guidance(model, info, args)
     labels = torch.tensor(classes).repeat_interleave(args.num_per_class)  # (n,)
@@ -63,7 +64,7 @@ def sample_pictures(model, info: dict, args) -> tuple[np.ndarray, torch.Tensor]:
 
 def check_guidance(model, info: dict, args) -> None:
     if args.cfg_scale > 1 and model.y_embedder.embedding_table.num_embeddings <= info["num_classes"]:
-        raise ValueError("this model was trained without class dropout (no null class): classifier-free guidance "
+        raise UsageError("this model was trained without class dropout (no null class): classifier-free guidance "
                          "needs one; use --cfg-scale 1")
 
 
@@ -143,7 +144,7 @@ def resolve_vae(info: dict, vae_arg, checkpoint) -> str | None:
     if vae_arg.lower() == NO_VAE:
         return None
     if checkpoint is not None and info.get("vae") is None:
-        raise ValueError(f"checkpoint {checkpoint!r} was trained on pixels ({info.get('data')}): --vae does not apply")
+        raise UsageError(f"checkpoint {checkpoint!r} was trained on pixels ({info.get('data')}): --vae does not apply")
     return vae_arg
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import atomic_write
+from .errors import InputError, MissingInputError, UsageError
 from .utils import default_device, init_distributed
 
 EXIT_AFTER_ENV = "MDT_SAMPLE_EXIT_AFTER"  # testing: a rank SIGKILLs itself after writing this many shards
@@ -69,12 +70,12 @@ def write_npz(path: str, parts: list, labels: np.ndarray) -> None:
                 for part in parts:
                     arr = np.ascontiguousarray(part() if callable(part) else part)
                     if arr.dtype != head.dtype or arr.shape[1:] != head.shape[1:]:
-                        raise ValueError(f"{path}: a shard holds {arr.dtype} {arr.shape}, expected {head.dtype} "
+                        raise InputError(f"{path}: a shard holds {arr.dtype} {arr.shape}, expected {head.dtype} "
                                          f"(n, {', '.join(map(str, head.shape[1:]))})")
                     out.write(arr.tobytes())
                     n += len(arr)
                 if n != shape[0]:
-                    raise ValueError(f"{path}: the shards hold {n} pictures, expected {shape[0]}")
+                    raise InputError(f"{path}: the shards hold {n} pictures, expected {shape[0]}")
             info = zipfile.ZipInfo("arr_1.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as out:
                 np.lib.format.write_array(out, np.asarray(labels, dtype=np.int64))
@@ -95,7 +96,7 @@ def check_settings(folder: str, settings: dict) -> None:
         if old != settings:
             diff = ", ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
                              for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k))
-            raise ValueError(f"the shards in {folder!r} were sampled with other settings ({diff}); resume with the "
+            raise UsageError(f"the shards in {folder!r} were sampled with other settings ({diff}); resume with the "
                              "same options, or give another --out")
         return
     os.makedirs(folder, exist_ok=True)
@@ -109,7 +110,7 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
 
     n = args.num_samples
     if n < 1 or args.batch_size < 1:
-        raise ValueError("--num-samples and --batch-size must be positive")
+        raise UsageError("--num-samples and --batch-size must be positive")
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     labels = draw_labels(parse_classes(args.classes, info["num_classes"]), n, args.seed)
@@ -160,7 +161,7 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
     if rank == 0:
         missing = [k for k in range(num_shards) if not os.path.exists(shard_path(folder, k))]
         if missing:
-            raise FileNotFoundError(f"shards {missing[:5]} of {folder!r} are missing after sampling")
+            raise MissingInputError(f"shards {missing[:5]} of {folder!r} are missing after sampling")
         write_npz(npz, [lambda k=k: read_shard(shard_path(folder, k))[0] for k in range(num_shards)], labels.numpy())
         grid = np.concatenate([read_shard(shard_path(folder, k))[0]
                                for k in range(min(num_shards, -(-GRID // args.batch_size)))])[:GRID]

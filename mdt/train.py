@@ -29,6 +29,7 @@ import mdt_kernels as mk
 
 from . import checkpoint as ckpt
 from .data import TrainData, open_dataset
+from .errors import NonFiniteError, UsageError
 from .models import MODELS
 from .train_step import OPTIMIZERS, PRECISIONS, TrainConfig, build_train_step, model_config, rng_state
 from .utils import Dist, all_gather_objects, init_distributed
@@ -121,22 +122,27 @@ class TrainResult:
 
 def validate(cfg: TrainConfig, world: int) -> None:
     if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+        raise UsageError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     if cfg.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if cfg.batch_size < 1 or cfg.batch_size % world:
-        raise ValueError(f"batch size {cfg.batch_size} must be a positive multiple of the world size {world}")
+        raise UsageError(f"batch size {cfg.batch_size} must be a positive multiple of the world size {world}")
     for name in ("steps", "log_every", "ckpt_every", "eval_samples", "sample_steps"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ValueError(f"EMA decay must be in [0, 1), got {cfg.ema_decay}")
+        raise UsageError(f"EMA decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0.0 <= cfg.mask_ratio < 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1), got {cfg.mask_ratio}")
+        raise UsageError(f"mask ratio must be in [0, 1), got {cfg.mask_ratio}")
     if not cfg.lr > 0:
-        raise ValueError(f"learning rate must be > 0, got {cfg.lr}")
+        raise UsageError(f"learning rate must be > 0, got {cfg.lr}")
+    if not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise UsageError(f"--betas must be in [0, 1), got {' '.join(map(str, cfg.betas))}")
+    if not cfg.weight_decay >= 0 or not cfg.max_grad_norm >= 0:
+        raise UsageError(f"--weight-decay and --max-grad-norm must be >= 0, got {cfg.weight_decay} and "
+                         f"{cfg.max_grad_norm}")
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
@@ -163,7 +169,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
         torch.set_num_threads(cfg.threads)
     data = open_dataset(cfg.data, vae=cfg.vae, image_size=cfg.image_size, device=device)
     if len(data) < cfg.batch_size:
-        raise ValueError(f"batch size {cfg.batch_size} is larger than the data set ({len(data)} examples)")
+        raise UsageError(f"batch size {cfg.batch_size} is larger than the data set ({len(data)} examples)")
     # The saved config: the run's options plus what the data set fixes (enough to rebuild the model and decode).
     config = {**model_config(cfg, data.input_size, data.in_channels, data.num_classes),
               "vae": getattr(data, "vae_name", cfg.vae), "latent_scale": getattr(data, "scale", None),
@@ -215,7 +221,7 @@ def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) 
                 if cfg.is_mdt():
                     record.update(loss_full=mean[1], loss_masked=mean[2])
                 if not math.isfinite(mean[0]):
-                    raise FloatingPointError(f"the training loss is {mean[0]} at step {step}; the last checkpoint "
+                    raise NonFiniteError(f"the training loss is {mean[0]} at step {step}; the last checkpoint "
                                              f"in {ckpt.checkpoint_dir(cfg.out)} is intact (resume from it with a "
                                              "lower --lr)")
                 if d.main:
@@ -367,9 +373,9 @@ def config_from_args(args) -> TrainConfig:
     values = {k: getattr(args, k) for k in names if hasattr(args, k)}
     values["betas"] = tuple(values["betas"])
     if len(values["betas"]) not in (2, 3):
-        raise ValueError(f"--betas takes 2 (AdamW) or 3 (Adan) values, got {len(values['betas'])}")
+        raise UsageError(f"--betas takes 2 (AdamW) or 3 (Adan) values, got {len(values['betas'])}")
     if values["optimizer"] == "adan" and len(values["betas"]) != 3:
-        raise ValueError("Adan needs 3 --betas values")
+        raise UsageError("Adan needs 3 --betas values")
     return TrainConfig(**values)
 
 
@@ -378,7 +384,7 @@ def run(args) -> int:
     if args.resume == "auto":
         args.resume = "latest" if ckpt.list_checkpoints(cfg.out) else None
     if args.resume is None and ckpt.list_checkpoints(cfg.out):
-        raise ValueError(f"{cfg.out!r} already holds checkpoints: pass --resume to continue that run, or choose "
+        raise UsageError(f"{cfg.out!r} already holds checkpoints: pass --resume to continue that run, or choose "
                          "another --out")
     train(cfg, resume=args.resume)
     return 0

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -32,13 +34,13 @@ def init_distributed(device_arg: str) -> tuple[Dist, torch.device]:
         device_arg = default_device()
     if device_arg.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but this torch has no usable GPU")
+            raise UsageError("--device cuda requested but this torch has no usable GPU")
         device = torch.device("cuda", local_rank if world > 1 or ":" not in device_arg else int(device_arg[5:]))
         torch.cuda.set_device(device)
     elif device_arg == "cpu":
         device = torch.device("cpu")
     else:
-        raise ValueError(f"unknown device {device_arg!r}; use auto, cpu, cuda or cuda:N")
+        raise UsageError(f"unknown device {device_arg!r}; use auto, cpu, cuda or cuda:N")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     d = Dist(rank=dist.get_rank() if world > 1 else 0, world=world, local_rank=local_rank)

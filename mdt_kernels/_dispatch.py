@@ -272,12 +272,20 @@ def cpu_gemm_setting() -> str | None:
     return None if _EXT_ERROR is not None else torch.ops.mdt_kernels.cpu_gemm_setting()
 
 
-def _check_gemm_engine(name: str) -> str:
-    if name not in CPU_GEMM_ENGINES:
-        raise ValueError(f"unknown CPU GEMM engine {name!r}; choose one of {', '.join(CPU_GEMM_ENGINES)}")
-    if _EXT_ERROR is not None:
-        raise BackendError(f"no CPU GEMM engine to select: {_EXT_ERROR}")
-    return name
+def _extension_setting(what: str, choices: tuple[str, ...]):
+    """The name check of a setting of the compiled extension: ValueError for an unknown name, BackendError
+    without the extension."""
+    def check(name: str) -> str:
+        if name not in choices:
+            raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(choices)}")
+        if _EXT_ERROR is not None:
+            raise BackendError(f"no {what} to select: {_EXT_ERROR}")
+        return name
+
+    return check
+
+
+_check_gemm_engine = _extension_setting("CPU GEMM engine", CPU_GEMM_ENGINES)
 
 
 def set_cpu_gemm_engine(name: str) -> None:
@@ -310,12 +318,7 @@ def cpu_capabilities() -> list[str]:
     return [] if _EXT_ERROR is not None else list(torch.ops.mdt_kernels.cpu_capabilities())
 
 
-def _check_capability(name: str) -> str:
-    if name not in CPU_CAPABILITIES:
-        raise ValueError(f"unknown CPU capability {name!r}; choose one of {', '.join(CPU_CAPABILITIES)}")
-    if _EXT_ERROR is not None:
-        raise BackendError(f"no CPU kernels to select: {_EXT_ERROR}")
-    return name
+_check_capability = _extension_setting("CPU capability", CPU_CAPABILITIES)
 
 
 def set_cpu_capability(name: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import MissingInputError, NotAFolderError
 from .base import TrainData
 from .digits import DigitsData, digits_split, to_unit_range
 from .images import ImageFolderData, scan_image_folder
@@ -28,10 +29,10 @@ def open_dataset(spec: str, **options) -> TrainData:
     if spec == "digits":
         return DigitsData()
     if not os.path.exists(spec):
-        raise FileNotFoundError(f"data path {spec!r} does not exist (use 'digits', a latent folder written by "
+        raise MissingInputError(f"data path {spec!r} does not exist (use 'digits', a latent folder written by "
                                 "`mdt prepare-latents`, or an image folder)")
     if not os.path.isdir(spec):
-        raise NotADirectoryError(f"data path {spec!r} is not a folder")
+        raise NotAFolderError(f"data path {spec!r} is not a folder")
     if is_latent_folder(spec):
         return LatentFolder(spec)
     return ImageFolderData(spec, **options)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import MissingPackageError, UsageError
 from .base import TrainData
 
 DIGITS_MAX = 16.0  # pixel values of sklearn's digits are integers in [0, 16]
@@ -16,7 +17,7 @@ def _digits_arrays():
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError("the digits data set needs scikit-learn: pip install scikit-learn") from e
+        raise MissingPackageError("the digits data set needs scikit-learn: pip install scikit-learn") from e
     d = load_digits()
     return d.images.astype(np.float32), d.target.astype(np.int64)
 
@@ -26,7 +27,7 @@ def digits_split(split: str = "train", seed: int = 0) -> tuple[torch.Tensor, tor
 
     The split depends only on `seed`: the same images are held out on every machine and run."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UsageError(f"split must be 'train' or 'test', got {split!r}")
     images, labels = _digits_arrays()
     rng = np.random.RandomState(seed)
     test = np.zeros(len(labels), dtype=bool)

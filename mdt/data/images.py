@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..errors import InputError, MissingInputError, NotAFolderError
 from ..utils import default_device
 from .base import TrainData
 from .vae import DEFAULT_VAE, VAE_SCALE, decode_latents, latent_size, load_vae, vae_name
@@ -38,7 +39,7 @@ def load_image(path: str, image_size: int) -> torch.Tensor:
         with Image.open(path) as im:
             arr = center_crop_arr(im.convert("RGB"), image_size)
     except OSError as e:  # unreadable or truncated file
-        raise ValueError(f"cannot read image {path!r} ({e})") from e
+        raise InputError(f"cannot read image {path!r} ({e})") from e
     return torch.from_numpy(arr.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
@@ -46,12 +47,12 @@ def scan_image_folder(image_dir: str) -> tuple[list[str], list[int], list[str]]:
     """(files relative to image_dir, label of each, class names) of an ImageNet-layout folder: one sub-folder
     per class (label = index in the sorted names), images anywhere below it."""
     if not os.path.exists(image_dir):
-        raise FileNotFoundError(f"image folder {image_dir!r} does not exist")
+        raise MissingInputError(f"image folder {image_dir!r} does not exist")
     if not os.path.isdir(image_dir):
-        raise NotADirectoryError(f"image folder {image_dir!r} is not a folder")
+        raise NotAFolderError(f"image folder {image_dir!r} is not a folder")
     classes = sorted(e.name for e in os.scandir(image_dir) if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise ValueError(f"image folder {image_dir!r} has no class sub-folders (expected one folder per class "
+        raise InputError(f"image folder {image_dir!r} has no class sub-folders (expected one folder per class "
                          "holding its images, as in ImageNet's train/)")
     files, labels, empty = [], [], []
     for label, name in enumerate(classes):
@@ -64,7 +65,7 @@ def scan_image_folder(image_dir: str) -> tuple[list[str], list[int], list[str]]:
         files += [os.path.relpath(f, image_dir) for f in found]
         labels += [label] * len(found)
     if empty:
-        raise ValueError(f"image folder {image_dir!r}: class folder(s) without images: {', '.join(empty[:5])}"
+        raise InputError(f"image folder {image_dir!r}: class folder(s) without images: {', '.join(empty[:5])}"
                          + (" ..." if len(empty) > 5 else ""))
     return files, labels, classes
 

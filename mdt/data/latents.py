@@ -12,6 +12,7 @@ import os
 import numpy as np
 import torch
 
+from ..errors import InputError, UsageError
 from ..utils import default_device
 from .base import TrainData
 from .images import load_image, scan_image_folder
@@ -55,7 +56,7 @@ def prepare_latents(image_dir: str, out_dir: str, vae=DEFAULT_VAE, image_size: i
     meta_path = os.path.join(out_dir, "meta.json")
     if os.path.exists(meta_path):
         if not overwrite:
-            raise ValueError(f"{out_dir!r} already holds prepared latents (meta.json); choose another folder or "
+            raise UsageError(f"{out_dir!r} already holds prepared latents (meta.json); choose another folder or "
                              "pass --overwrite")
         os.remove(meta_path)  # from here on the folder reads as unfinished until the new meta.json is written
     device = torch.device(device or default_device())
@@ -110,16 +111,16 @@ def is_latent_folder(path: str) -> bool:
 def read_meta(path: str) -> dict:
     meta_path = os.path.join(path, "meta.json")
     if not os.path.isfile(meta_path):
-        raise ValueError(f"{path!r} is an unfinished `mdt prepare-latents` output (no meta.json): run it again")
+        raise InputError(f"{path!r} is an unfinished `mdt prepare-latents` output (no meta.json): run it again")
     try:
         with open(meta_path) as f:
             meta = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{meta_path!r} cannot be read ({e})") from e
+        raise InputError(f"{meta_path!r} cannot be read ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path!r} is not the meta file of an `mdt prepare-latents` folder")
+        raise InputError(f"{meta_path!r} is not the meta file of an `mdt prepare-latents` folder")
     if meta.get("version") != VERSION:
-        raise ValueError(f"latent folder {path!r} has format version {meta.get('version')}, this mdt-kernels "
+        raise InputError(f"latent folder {path!r} has format version {meta.get('version')}, this mdt-kernels "
                          f"reads version {VERSION}")
     return meta
 
@@ -137,9 +138,9 @@ class LatentFolder(TrainData):
         n, (c, h, w) = meta["count"], meta["latent_shape"]
         for name, arr in (("mean", self.mean), ("std", self.std)):
             if arr.shape != (n, 2, c, h, w):
-                raise ValueError(f"{path!r}: {name}.npy has shape {arr.shape}, meta.json says {(n, 2, c, h, w)}")
+                raise InputError(f"{path!r}: {name}.npy has shape {arr.shape}, meta.json says {(n, 2, c, h, w)}")
         if self.labels.shape != (n,):
-            raise ValueError(f"{path!r}: labels.npy has shape {self.labels.shape}, meta.json says ({n},)")
+            raise InputError(f"{path!r}: labels.npy has shape {self.labels.shape}, meta.json says ({n},)")
         self.in_channels, self.input_size, self.num_classes = c, h, len(meta["classes"])
         self.scale = float(meta["scale"])
         self.vae_name = meta["vae"]

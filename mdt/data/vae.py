@@ -9,6 +9,8 @@ import os
 
 import torch
 
+from ..errors import MissingInputError, MissingPackageError, UsageError
+
 VAE_SCALE = 0.18215  # MDT/DiT latent scale for the SD VAE (MDT uses it whatever the VAE's config says)
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"  # MDT's training encoder
 SAMPLE_VAE = "stabilityai/sd-vae-ft-ema"  # MDT's default decoder for samples (scripts/image_sample.py)
@@ -19,18 +21,18 @@ def load_vae(name_or_path: str = DEFAULT_VAE, device="cpu"):
     try:
         from diffusers import AutoencoderKL
     except ImportError as e:
-        raise ImportError("VAE latents need diffusers: pip install diffusers (or pip install "
+        raise MissingPackageError("VAE latents need diffusers: pip install diffusers (or pip install "
                           "'mdt-kernels[latents]')") from e
     # a hub name is "org/name"; anything else, or an "org" that is a local folder, is meant as a local path
     looks_local = (name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") != 1
                    or os.path.isdir(name_or_path.split("/")[0]))
     if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise FileNotFoundError(f"VAE folder {name_or_path!r} does not exist")
+        raise MissingInputError(f"VAE folder {name_or_path!r} does not exist")
     try:
         vae = AutoencoderKL.from_pretrained(os.path.expanduser(name_or_path), low_cpu_mem_usage=False)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FileNotFoundError(f"cannot load the VAE {name_or_path!r}: not a diffusers AutoencoderKL folder, "
+        raise MissingInputError(f"cannot load the VAE {name_or_path!r}: not a diffusers AutoencoderKL folder, "
                                 f"and loading it from the hub failed ({first})") from e
     return vae.to(device).eval().requires_grad_(False)
 
@@ -45,7 +47,7 @@ def latent_size(vae, image_size: int) -> tuple[int, int]:
     """(channels, side) of the latent of an image_size x image_size picture."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1)  # one 2x downsampling per encoder block but the last
     if image_size % factor:
-        raise ValueError(f"image size {image_size} is not a multiple of the VAE's downsampling factor {factor}")
+        raise UsageError(f"image size {image_size} is not a multiple of the VAE's downsampling factor {factor}")
     return vae.config.latent_channels, image_size // factor
 
 

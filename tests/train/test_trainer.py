@@ -206,6 +206,7 @@ def test_kill_9_then_resume_continues_exactly(reference_run, tmp_path):
     (["--batch-size", "0"], "batch size 0 must be a positive multiple"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),
     (["--steps", "0"], "--steps must be >= 1"),
+    (["--betas", "0.98", "0.92", "1.5"], "--betas must be in [0, 1), got 0.98 0.92 1.5"),
 ])
 def test_bad_arguments_give_one_line_errors(tmp_path, args, message):
     r = _mdt("train", *CLI_TINY, "--out", str(tmp_path), *args)
