@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, next_power_of_2, tl
-from ._register import register_op
-from .masked_rel_pos_bias import check_table, masked_rel_pos_bias_ref
+from ._register import expect, expect_float, register_op
+from .masked_rel_pos_bias import check_table, expect_rel_pos, masked_rel_pos_bias_ref
 
 KERNELS = ("reference", "cpu", "triton")
 
@@ -224,12 +224,27 @@ def rel_pos_attention_backward_triton(grad_out: torch.Tensor, qkv: torch.Tensor,
 # Registration: fake kernels and autograd, shared by the C++ op and its Triton twin
 
 
+def _expect_qkv(qkv):
+    expect("qkv", qkv, (None, None, 3, None, None), "(B, K, 3, H, Dh)")
+    expect_float("qkv", qkv)
+
+
 def _fake_forward(qkv, table, grid_size, ids_keep, scale):
+    _expect_qkv(qkv)
     B, K, _, H, Dh = qkv.shape
+    expect("table", table, (None, H), "(R, H) with qkv's H heads")
+    expect_float("table", table)
+    expect_rel_pos(ids_keep, grid_size, table.shape[0], B, K)
     return qkv.new_empty((B, K, H, Dh)), qkv.new_empty((B, H, K, K), dtype=acc_dtype(qkv.dtype))
 
 
 def _fake_backward(grad_out, qkv, probs, ids_keep, grid_size, num_rel, scale):
+    _expect_qkv(qkv)
+    B, K, _, H, Dh = qkv.shape
+    expect("grad_out", grad_out, (B, K, H, Dh), "(B, K, H, Dh) of qkv")
+    expect_float("grad_out", grad_out)
+    expect("probs", probs, (B, H, K, K), "(B, H, K, K) of qkv")
+    expect_rel_pos(ids_keep, grid_size, num_rel, B, K)
     return qkv.new_empty(qkv.shape), probs.new_empty((num_rel, qkv.shape[3]))
 
 
