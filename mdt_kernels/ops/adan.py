@@ -218,8 +218,9 @@ def _fake(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_c
     states = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "exp_avg_diff": exp_avg_diff,
               "neg_pre_grad": neg_pre_grad}
     for name, tensors in {"params": params, "grads": grads, **states}.items():
-        torch._check_value(len(tensors) == len(params),
-                           lambda: f"{name} has {len(tensors)} tensors but params has {len(params)}")
+        n = len(tensors)
+        torch._check_value(n == len(params), lambda name=name, n=n: f"{name} has {n} tensors but params has "
+                                                                    f"{len(params)}")
         for i, (t, p) in enumerate(zip(tensors, params)):
             expect(f"{name}[{i}]", t, tuple(p.shape), f"{tuple(p.shape)} of params[{i}]", tensors[0].dtype)
     torch._check_value(clip_coef.numel() == 1 and clip_coef.dtype == torch.float32,
@@ -228,9 +229,9 @@ def _fake(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_c
     if params:
         p_type, s_type = params[0].dtype, exp_avg[0].dtype
         torch._check_type(grads[0].dtype == p_type, lambda: f"grads are {grads[0].dtype} but params are {p_type}")
-        for name, tensors in states.items():
-            torch._check_type(tensors[0].dtype == s_type, lambda: f"all four states must share one dtype, got "
-                                                                  f"{s_type} and {tensors[0].dtype}")
+        for dtype in (t[0].dtype for t in states.values()):
+            torch._check_type(dtype == s_type, lambda dtype=dtype: f"all four states must share one dtype, got "
+                                                                   f"{s_type} and {dtype}")
         torch._check_type(s_type in (torch.float32, p_type),
                           lambda: f"states must be float32 or the params' dtype ({p_type}), got {s_type}")
     return None
