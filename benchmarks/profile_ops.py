@@ -76,17 +76,21 @@ def main(argv=None) -> None:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     shapes = split_choices(p, args.shapes, SHAPES, "shape")
     modes = split_choices(p, args.modes, MODES, "mode")
-    names = [m.name for m in pkgutil.iter_modules(cases_pkg.__path__)]
+    # A case module benchmarks one op, named as the module, or the ops it lists in OPS (an op family).
+    modules = {m.name: importlib.import_module(f"benchmarks.cases.{m.name}")
+               for m in pkgutil.iter_modules(cases_pkg.__path__)}
+    names = [op for name, mod in modules.items() for op in getattr(mod, "OPS", (name,))]
     ops = split_choices(p, args.ops, names, "op")
 
     meta = run_meta(device, args.dtype)
     bw = meta["copy_gbps"]
     new_rows = []
-    for name in names:
-        if ops and name not in ops:
+    for name, mod in modules.items():
+        wanted = [op for op in getattr(mod, "OPS", (name,)) if not ops or op in ops]
+        if not wanted:
             continue
-        mod = importlib.import_module(f"benchmarks.cases.{name}")
-        for case in mod.cases(device, dtype, shapes, modes):
+        family = {"ops": wanted} if hasattr(mod, "OPS") else {}
+        for case in mod.cases(device, dtype, shapes, modes, **family):
             ms = {k: 1e3 * median_time(fn, device, min_time=args.min_time) for k, fn in case.providers.items()}
             fused = [k for k in FUSED if k in ms]
             best = min(fused, key=ms.get) if fused else None

@@ -27,15 +27,13 @@ from ._dispatch import (
     use_cpu_capability,
     use_cpu_gemm_engine,
 )
-from .ops.adaln_modulate import adaln_modulate
+from .ops.adaln import adaln_modulate, gated_residual, residual_adaln_modulate
 from .ops.adan import adan_step
-from .ops.gated_residual import gated_residual
 from .ops.gather_tokens import gather_tokens
 from .ops.linear import linear
 from .ops.linear_gelu import linear_gelu
 from .ops.masked_rel_pos_bias import masked_rel_pos_bias
 from .ops.rel_pos_attention import rel_pos_attention
-from .ops.residual_adaln_modulate import residual_adaln_modulate
 from .ops.unmask_tokens import unmask_tokens
 
 __all__ = [

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import _dispatch
+from .. import _checks, _dispatch
 
 
 def compiled_namespaces() -> list[str]:
@@ -54,3 +54,27 @@ def register_op(name: str, *, fake_forward: Callable, fake_backward: Callable, s
         torch.library.register_fake(f"{ns}::{bwd_name}", fake_backward)
         torch.library.register_autograd(f"{ns}::{name}{fwd_suffix}", autograd_backward,
                                         setup_context=setup_context)
+
+
+def expect(name: str, t: torch.Tensor, shape: tuple, layout: str, dtype: torch.dtype | None = None) -> None:
+    """In a fake kernel: t has `shape` (ints or symbolic sizes; None leaves a dim free, described as `layout`,
+    e.g. "(B, D)") and, when given, `dtype`, as the real kernel requires. torch._check raises a ValueError /
+    TypeError under FakeTensorMode or torch.compile tracing, as the real kernels raise on real tensors."""
+    torch._check_value(t.dim() == len(shape), lambda: f"{name} must be {len(shape)}-D {layout}, got shape "
+                                                     f"{tuple(t.shape)}")
+    for size, want in zip(t.shape, shape, strict=True):
+        if want is not None:
+            torch._check_value(size == want, lambda: f"{name} must have shape {layout}, got {tuple(t.shape)}")
+    if dtype is not None:
+        torch._check_type(t.dtype == dtype, lambda: f"{name} has dtype {t.dtype}, expected {dtype}")
+
+
+def expect_float(name: str, t: torch.Tensor) -> None:
+    """In a fake kernel: t is float32, float16, bfloat16 or float64."""
+    torch._check_type(t.dtype in _checks.FLOAT_DTYPES,
+                      lambda: f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+
+
+def expect_ids(name: str, ids: torch.Tensor, shape: tuple) -> None:
+    """In a fake kernel: an int64 (B, K) index tensor (the public functions convert int32 ids)."""
+    expect(name, ids, shape, "(B, K)", torch.int64)

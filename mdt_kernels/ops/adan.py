@@ -28,7 +28,7 @@ import torch
 
 from .. import _dispatch
 from .._triton import jit, tl
-from ._register import compiled_namespaces, sim_twin
+from ._register import compiled_namespaces, expect, expect_float, sim_twin
 
 STATE_NAMES = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
 _MUTATED = ("params", "exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
@@ -208,10 +208,32 @@ def adan_step_triton(params: list[torch.Tensor], grads: list[torch.Tensor], exp_
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: the ops only mutate their inputs, so the fake (meta) kernels do nothing.
+# Registration: the ops only mutate their inputs, so the fake (meta) kernels only check them, as the
+# kernels do (csrc/include/ops/adan.h).
 
 
-def _fake(*args) -> None:
+def _fake(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, *scalars) -> None:
+    for i, p in enumerate(params):
+        expect_float(f"params[{i}]", p)
+    states = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "exp_avg_diff": exp_avg_diff,
+              "neg_pre_grad": neg_pre_grad}
+    for name, tensors in {"params": params, "grads": grads, **states}.items():
+        n = len(tensors)
+        torch._check_value(n == len(params), lambda name=name, n=n: f"{name} has {n} tensors but params has "
+                                                                    f"{len(params)}")
+        for i, (t, p) in enumerate(zip(tensors, params)):
+            expect(f"{name}[{i}]", t, tuple(p.shape), f"{tuple(p.shape)} of params[{i}]", tensors[0].dtype)
+    torch._check_value(clip_coef.numel() == 1 and clip_coef.dtype == torch.float32,
+                       lambda: f"clip_coef must be a one-element float32 tensor, got {clip_coef.dtype} of shape "
+                               f"{tuple(clip_coef.shape)}")
+    if params:
+        p_type, s_type = params[0].dtype, exp_avg[0].dtype
+        torch._check_type(grads[0].dtype == p_type, lambda: f"grads are {grads[0].dtype} but params are {p_type}")
+        for dtype in (t[0].dtype for t in states.values()):
+            torch._check_type(dtype == s_type, lambda dtype=dtype: f"all four states must share one dtype, got "
+                                                                   f"{s_type} and {dtype}")
+        torch._check_type(s_type in (torch.float32, p_type),
+                          lambda: f"states must be float32 or the params' dtype ({p_type}), got {s_type}")
     return None
 
 
@@ -221,6 +243,8 @@ for _ns in compiled_namespaces():
 
 
 def _fake_norm(tensors):
+    for i, t in enumerate(tensors):
+        expect_float(f"tensors[{i}]", t)
     return torch.empty((), dtype=torch.float32, device=tensors[0].device if tensors else "cpu")
 
 

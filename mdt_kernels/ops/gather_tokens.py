@@ -11,7 +11,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import register_op, sim_twin
+from ._register import expect, expect_float, expect_ids, register_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -73,10 +73,16 @@ def gather_tokens_backward_triton(grad: torch.Tensor, ids: torch.Tensor, num_tok
 
 
 def _fake_forward(x, ids):
+    expect("x", x, (None, None, None), "(B, N, D)")
+    expect_float("x", x)
+    expect_ids("ids", ids, (x.shape[0], None))
     return x.new_empty((x.shape[0], ids.shape[1], x.shape[2]))
 
 
 def _fake_backward(grad, ids, num_tokens):
+    expect("grad", grad, (None, None, None), "(B, K, D)")
+    expect_float("grad", grad)
+    expect_ids("ids", ids, grad.shape[:2])
     return grad.new_empty((grad.shape[0], num_tokens, grad.shape[2]))
 
 

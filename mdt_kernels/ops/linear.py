@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _checks, _dispatch
-from ._register import register_op
+from ._register import expect, expect_float, register_op
 
 _dispatch.declare_kernels("linear", cpu=("cpu",), cuda=())  # no GPU kernel: cuBLAS is the reference
 
@@ -36,11 +36,25 @@ def linear_ref(x, weight, bias=None):
 # Registration: fake kernels and autograd of the C++ op
 
 
+def expect_linear(x, weight, bias, grad=None) -> None:
+    """In a fake kernel (also linear_gelu's): what the C++ op checks of x (..., Din), weight (Dout, Din),
+    bias (Dout,) or None, and grad (..., Dout), all of x's float dtype."""
+    torch._check_value(x.dim() >= 1, lambda: f"x must have at least 1 dimension (..., Din), got shape {tuple(x.shape)}")
+    expect_float("x", x)
+    expect("weight", weight, (None, x.shape[-1]), "(Dout, Din)", x.dtype)
+    if bias is not None:
+        expect("bias", bias, (weight.shape[0],), "(Dout,)", x.dtype)
+    if grad is not None:
+        expect("grad", grad, (*x.shape[:-1], weight.shape[0]), "(..., Dout)", x.dtype)
+
+
 def _fake_forward(x, weight, bias):
+    expect_linear(x, weight, bias)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _fake_backward(grad, x, weight, has_bias):
+    expect_linear(x, weight, None, grad)
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0] if has_bias else 0,))
 
 

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from .. import _checks
 from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
-from ._register import register_op, sim_twin
-from .linear import autocast_inputs, check_inputs
+from ._register import expect, register_op, sim_twin
+from .linear import autocast_inputs, check_inputs, expect_linear
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -114,11 +114,14 @@ def linear_gelu_backward_triton(grad: torch.Tensor, x: torch.Tensor, weight: tor
 
 
 def _fake_forward(x, weight, bias):
+    expect_linear(x, weight, bias)
     M = math.prod(x.shape[:-1])  # not Size.numel(): that would specialise a symbolic token count
     return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty((M, weight.shape[0]))
 
 
 def _fake_backward(grad, x, weight, bias, h):
+    expect_linear(x, weight, bias, grad)
+    expect("h", h, (math.prod(x.shape[:-1]), weight.shape[0]), "(rows of x, Dout)", x.dtype)
     return x.new_empty(x.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 

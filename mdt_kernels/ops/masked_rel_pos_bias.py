@@ -14,7 +14,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import register_op, sim_twin
+from ._register import expect, expect_float, expect_ids, register_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -95,12 +95,29 @@ def masked_rel_pos_bias_backward_triton(grad: torch.Tensor, ids_keep: torch.Tens
 # Registration: fake kernels and autograd, shared by the C++/CUDA op and its Triton twin
 
 
+def expect_rel_pos(ids_keep, grid_size, num_rel, batch=None, tokens=None) -> None:
+    """In a fake kernel (also rel_pos_attention's): ids_keep (B, K) int64, grid_size >= 1 and a table of
+    num_rel >= (2*grid_size-1)^2 rows, as the C++ ops check."""
+    expect_ids("ids_keep", ids_keep, (batch, tokens))
+    torch._check_value(grid_size >= 1, lambda: f"grid_size must be >= 1, got {grid_size}")
+    torch._check_value(num_rel >= (2 * grid_size - 1) ** 2, lambda: f"table has {num_rel} rows, fewer than "
+                       f"(2*grid_size-1)^2 = {(2 * grid_size - 1) ** 2} for grid_size {grid_size}")
+
+
 def _fake_forward(table, grid_size, ids_keep):
+    expect("table", table, (None, None), "(R, H)")
+    expect_float("table", table)
+    expect_rel_pos(ids_keep, grid_size, table.shape[0])
     B, K = ids_keep.shape
     return table.new_empty((B, table.shape[1], K, K))
 
 
 def _fake_backward(grad, ids_keep, grid_size, num_rel):
+    expect("grad", grad, (None, None, None, None), "(B, H, K, K)")
+    expect_float("grad", grad)
+    B, H, K, _ = grad.shape
+    expect("grad", grad, (B, H, K, K), "(B, H, K, K)")
+    expect_rel_pos(ids_keep, grid_size, num_rel, B, K)
     return grad.new_empty((num_rel, grad.shape[1]))
 
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, next_power_of_2, tl
-from ._register import register_op
-from .masked_rel_pos_bias import check_table, masked_rel_pos_bias_ref
+from ._register import expect, expect_float, register_op
+from .masked_rel_pos_bias import check_table, expect_rel_pos, masked_rel_pos_bias_ref
 
 _dispatch.declare_kernels("rel_pos_attention", cpu=("cpu", "triton"), cuda=("triton",))
 
@@ -71,16 +71,21 @@ def _scores(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, s
 
 
 @jit
-def _attn_fwd_kernel(qkv_ptr, table_ptr, ids_ptr, scale_ptr, out_ptr, probs_ptr, H, K, Dh, G, s_b, s_k, s_3, s_h,
-                     s_d, st_r, st_h, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _program_tile(qkv_ptr, H, K, Dh, s_b, s_h, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The (b, h) pair and block of BLOCK token rows of this program (grid (B*H, cdiv(K, BLOCK))): returns
+    (bh, b, h, rows, rmask, d, dmask, q_ptr), q_ptr at the head's q of sample b."""
     bh = tl.program_id(0).to(tl.int64)
     b, h = bh // H, bh % H
-    acc = probs_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < K
+    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     d = tl.arange(0, BLOCK_D)
-    dmask = d < Dh
-    q_ptr = qkv_ptr + b * s_b + h * s_h
+    return bh, b, h, rows, rows < K, d, d < Dh, qkv_ptr + b * s_b + h * s_h
+
+
+@jit
+def _attn_fwd_kernel(qkv_ptr, table_ptr, ids_ptr, scale_ptr, out_ptr, probs_ptr, H, K, Dh, G, s_b, s_k, s_3, s_h,
+                     s_d, st_r, st_h, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    bh, b, h, rows, rmask, d, dmask, q_ptr = _program_tile(qkv_ptr, H, K, Dh, s_b, s_h, BLOCK_M, BLOCK_D)
+    acc = probs_ptr.dtype.element_ty
     ids_ptr += b * K
     scale = tl.load(scale_ptr)
     q = _load_rows(q_ptr, rows, rmask, s_k, d, s_d, dmask, acc)
@@ -114,14 +119,8 @@ def _attn_fwd_kernel(qkv_ptr, table_ptr, ids_ptr, scale_ptr, out_ptr, probs_ptr,
 def _attn_bwd_dq_kernel(g_ptr, qkv_ptr, probs_ptr, ids_ptr, scale_ptr, dqkv_ptr, dtable_ptr, delta_ptr, H, K, Dh, G,
                         s_b, s_k, s_3, s_h, s_d, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_D: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
-    b, h = bh // H, bh % H
+    bh, b, h, rows, rmask, d, dmask, q_ptr = _program_tile(qkv_ptr, H, K, Dh, s_b, s_h, BLOCK_M, BLOCK_D)
     acc = probs_ptr.dtype.element_ty
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < K
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < Dh
-    q_ptr = qkv_ptr + b * s_b + h * s_h
     ids_ptr += b * K
     pos_rows = tl.load(ids_ptr + rows, mask=rmask, other=0)
     do = _load_rows(g_ptr + b * K * H * Dh + h * Dh, rows, rmask, H * Dh, d, 1, dmask, acc)  # grad (B, K, H, Dh)
@@ -153,14 +152,8 @@ def _attn_bwd_dq_kernel(g_ptr, qkv_ptr, probs_ptr, ids_ptr, scale_ptr, dqkv_ptr,
 @jit
 def _attn_bwd_dkv_kernel(g_ptr, qkv_ptr, probs_ptr, scale_ptr, dqkv_ptr, delta_ptr, H, K, Dh, s_b, s_k, s_3, s_h, s_d,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
-    b, h = bh // H, bh % H
+    bh, b, h, cols, cmask, d, dmask, q_ptr = _program_tile(qkv_ptr, H, K, Dh, s_b, s_h, BLOCK_N, BLOCK_D)
     acc = probs_ptr.dtype.element_ty
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cmask = cols < K
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < Dh
-    q_ptr = qkv_ptr + b * s_b + h * s_h
     v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
     dk = tl.zeros((BLOCK_N, BLOCK_D), acc)
     dv = tl.zeros((BLOCK_N, BLOCK_D), acc)
@@ -224,12 +217,27 @@ def rel_pos_attention_backward_triton(grad_out: torch.Tensor, qkv: torch.Tensor,
 # Registration: fake kernels and autograd, shared by the C++ op and its Triton twin
 
 
+def _expect_qkv(qkv):
+    expect("qkv", qkv, (None, None, 3, None, None), "(B, K, 3, H, Dh)")
+    expect_float("qkv", qkv)
+
+
 def _fake_forward(qkv, table, grid_size, ids_keep, scale):
+    _expect_qkv(qkv)
     B, K, _, H, Dh = qkv.shape
+    expect("table", table, (None, H), "(R, H) with qkv's H heads")
+    expect_float("table", table)
+    expect_rel_pos(ids_keep, grid_size, table.shape[0], B, K)
     return qkv.new_empty((B, K, H, Dh)), qkv.new_empty((B, H, K, K), dtype=acc_dtype(qkv.dtype))
 
 
 def _fake_backward(grad_out, qkv, probs, ids_keep, grid_size, num_rel, scale):
+    _expect_qkv(qkv)
+    B, K, _, H, Dh = qkv.shape
+    expect("grad_out", grad_out, (B, K, H, Dh), "(B, K, H, Dh) of qkv")
+    expect_float("grad_out", grad_out)
+    expect("probs", probs, (B, H, K, K), "(B, H, K, K) of qkv")
+    expect_rel_pos(ids_keep, grid_size, num_rel, B, K)
     return qkv.new_empty(qkv.shape), probs.new_empty((num_rel, qkv.shape[3]))
 
 

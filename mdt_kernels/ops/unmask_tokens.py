@@ -13,7 +13,7 @@ import torch
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import register_op, sim_twin
+from ._register import expect, expect_float, expect_ids, register_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -117,11 +117,24 @@ def unmask_tokens_backward_triton(grad: torch.Tensor, ids_keep: torch.Tensor,
 
 
 def _fake_forward(x_kept, ids_keep, mask_token, num_tokens, pos_embed):
+    expect("x_kept", x_kept, (None, None, None), "(B, K, D)")
+    expect_float("x_kept", x_kept)
+    B, K, D = x_kept.shape
+    expect_ids("ids_keep", ids_keep, (B, K))
+    torch._check_value(K <= num_tokens, lambda: f"x_kept holds {K} tokens, more than num_tokens={num_tokens}")
+    expect("mask_token", mask_token, (D,), "(D,)", x_kept.dtype)
+    if pos_embed is not None:
+        expect("pos_embed", pos_embed, (num_tokens, D), "(N, D)", x_kept.dtype)
     return x_kept.new_empty((x_kept.shape[0], num_tokens, x_kept.shape[2]))
 
 
 def _fake_backward(grad, ids_keep, has_pos):
+    expect("grad", grad, (None, None, None), "(B, N, D)")
+    expect_float("grad", grad)
     B, N, D = grad.shape
+    expect_ids("ids_keep", ids_keep, (B, None))
+    torch._check_value(ids_keep.shape[1] <= N, lambda: f"ids_keep shape {tuple(ids_keep.shape)} does not match grad "
+                                                       f"{tuple(grad.shape)}")
     return grad.new_empty((B, ids_keep.shape[1], D)), grad.new_empty((D,)), grad.new_empty((N if has_pos else 0, D))
 
 
