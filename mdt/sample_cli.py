@@ -20,6 +20,7 @@ from .data.vae import SAMPLE_VAE, VAE_SCALE, decode_latents, load_vae
 from .errors import UsageError
 from .models import MODELS
 from .sample import SAMPLERS, generate, parse_classes, save_grid, save_npz, to_uint8
+from .train_step import PRECISIONS, autocast_context
 from .utils import default_device
 
 NO_VAE = "none"
@@ -47,6 +48,9 @@ def add_sampling_arguments(parser, num_per_class: int = 8):
                         help="sampling steps = model evaluations (respaced from 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64, help="pictures per forward pass")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                        help="bf16: the model runs under bf16 autocast (the VAE decodes in fp32)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
     parser.add_argument("--device", default=None, help="cuda or cpu; unset: cuda when available")
 
 
@@ -73,14 +77,26 @@ def render_pictures(model, info: dict, args, labels: torch.Tensor, seed: int, pr
     """(n, H, W, C) uint8 pictures of class `labels` sampled with `seed`; latents are decoded with `vae` or
     info["vae"] (None: the model samples pictures)."""
     latent = info.get("vae") is not None
-    x = generate(model, labels, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                 scale_pow=args.scale_pow, clip_denoised=not latent, seed=seed, batch_size=args.batch_size,
-                 progress=progress)  # (n, C, h, w) in model space
+    device = next(model.parameters()).device
+    with autocast_context(getattr(args, "precision", "fp32"), device):
+        x = generate(compiled(model) if getattr(args, "compile", False) else model, labels, sampler=args.sampler,
+                     steps=args.steps, cfg_scale=args.cfg_scale, scale_pow=args.scale_pow, clip_denoised=not latent,
+                     seed=seed, batch_size=args.batch_size, progress=progress)  # (n, C, h, w) in model space
+    x = x.float()
     if not latent:
         return to_uint8(x.clamp(-1, 1))
     vae = vae or load_vae(info["vae"], next(model.parameters()).device)
     scale = info.get("latent_scale") or VAE_SCALE
     return np.concatenate([to_uint8(decode_latents(vae, z, scale)) for z in x.split(args.batch_size)])
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with its forward compiled once (forward_with_cfg calls it): batch sizes are fixed by
+    --batch-size, so shapes are static, except a last smaller batch (one recompilation)."""
+    if not getattr(model, "_mdt_compiled", False):
+        model.forward = torch.compile(model.forward, dynamic=False)
+        model._mdt_compiled = True
+    return model
 
 
 def save_samples(pictures: np.ndarray, labels: torch.Tensor, stem: str, per_class: int) -> tuple[str, str]:
@@ -152,7 +168,8 @@ def sample_tag(info: dict, args) -> str:
     """The default file stem of a sampling run, e.g. MDTv2-XL-2_step400000_dpmpp25_cfg3.8_seed0."""
     cfg = f"_cfg{args.cfg_scale:g}" if args.cfg_scale > 1 else ""
     sampler = args.sampler.replace("+", "p")
-    return f"{info['model'].replace('/', '-')}_{info['source']}_{sampler}{args.steps}{cfg}_seed{args.seed}"
+    precision = "" if args.precision == "fp32" else f"_{args.precision}"
+    return f"{info['model'].replace('/', '-')}_{info['source']}_{sampler}{args.steps}{cfg}{precision}_seed{args.seed}"
 
 
 def run(args):

@@ -120,6 +120,8 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
                 "seed": args.seed, "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale,
                 "scale_pow": args.scale_pow, "classes": [str(c) for c in args.classes], "weights": args.weights,
                 "vae": info.get("vae"), "latent_scale": info.get("latent_scale")}
+    if args.precision != "fp32":  # (fp32 shard folders from before --precision existed resume as they are)
+        settings["precision"] = args.precision
     todo = None
     if rank == 0:
         try:

@@ -184,3 +184,24 @@ def test_sample_rejects_bad_classes_and_mismatched_weights(tmp_path, capsys, dig
     torch.save(MODELS["DiT-Ti/2"](input_size=8, in_channels=1, num_classes=10).state_dict(), tmp_path / "dit.pt")
     _one_line_error(*mdt(["sample", "--weights-file", tmp_path / "dit.pt", "--model", "MDTv2-Ti/2", "--vae",
                           "none"], capsys)[::2], "does not fit", "missing")
+
+
+@pytest.mark.parametrize("extra", [["--compile"], ["--precision", "bf16"]], ids=["compile", "bf16"])
+def test_sample_compiled_or_bf16_matches_fp32_eager(tmp_path, capsys, digits_checkpoint, extra):
+    """--compile gives the eager pictures (up to a rounding step); --precision bf16 runs the model under bf16
+    autocast: close to fp32, not equal (a check that bf16 really ran), and tagged _bf16."""
+    path = digits_checkpoint[0]
+    common = ["sample", "--checkpoint", path, "--classes", "1,2", "--steps", 3, "--num-per-class", 2, "--cfg-scale",
+              2, "--sampler", "ddim"]
+    assert mdt(common + ["--out", tmp_path / "eager.png"], capsys)[0] == 0
+    code, out, err = mdt(common + extra + ["--out", f"{tmp_path}/run/"], capsys)
+    assert code == 0, err
+    (npz,) = (tmp_path / "run").glob("*.npz")
+    assert ("_bf16_" in npz.name) == ("bf16" in extra)
+    with np.load(tmp_path / "eager.npz") as f, np.load(npz) as g:
+        diff = np.abs(f["arr_0"].astype(int) - g["arr_0"].astype(int))
+        assert f["arr_1"].tolist() == g["arr_1"].tolist()
+    if "bf16" in extra:
+        assert 0 < diff.max() <= 32 and diff.mean() < 4, (diff.max(), diff.mean())
+    else:
+        assert diff.max() <= 1
