@@ -210,10 +210,17 @@ def op_providers(
     return {name: timed_closure(f, inputs, grad_inputs, grads, mode) for name, f in fns.items()}
 
 
+def device_tag(device: torch.device, meta: dict | None = None) -> str:
+    """The machine part of a results file name: cpu-<capability the kernels ran> (tables from CPUs with
+    different instruction sets sit side by side), or the GPU's name."""
+    if device.type == "cpu":
+        return f"cpu-{mk.cpu_capability() or 'noext'}"
+    return (meta["device"] if meta else torch.cuda.get_device_name(device)).replace(" ", "_")
+
+
 def results_stem(out_dir: str, name: str, device: torch.device, meta: dict) -> str:
-    """Path without extension of a results table: <out_dir>/<name>_<device>_<dtype>."""
-    tag = "cpu" if device.type == "cpu" else meta["device"].replace(" ", "_")
-    return os.path.join(out_dir, f"{name}_{tag}_{meta['dtype']}")
+    """Path without extension of a results table: <out_dir>/<name>_<device_tag>_<dtype>."""
+    return os.path.join(out_dir, f"{name}_{device_tag(device, meta)}_{meta['dtype']}")
 
 
 def write_results(out_dir: str, name: str, device: torch.device, meta: dict, rows: list[dict],

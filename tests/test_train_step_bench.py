@@ -10,7 +10,10 @@ import torch
 
 import benchmarks.train_step as ts
 import mdt_kernels as mk
+from benchmarks._harness import device_tag
 from benchmarks.train_step import add_comparisons, check_step, main
+
+CPU = device_tag(torch.device("cpu"))  # e.g. cpu-avx2: the capability the kernels run
 
 TINY = ["--models", "MDTv2-Ti/2", "DiT-Ti/2", "--input-size", "8", "--in-channels", "1", "--num-classes", "10",
         "--batch", "4", "--iters", "2", "--rounds", "2", "--warmup", "1", "--compile", "off", "--profile",
@@ -24,8 +27,8 @@ def test_tiny_train_step_benchmark(tmp_path):
         main(TINY + ["--threads", "1", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
-    data = json.loads((tmp_path / "train_step_cpu_fp32.json").read_text())
-    assert (tmp_path / "train_step_cpu_fp32.md").exists()
+    data = json.loads((tmp_path / f"train_step_{CPU}_fp32.json").read_text())
+    assert (tmp_path / f"train_step_{CPU}_fp32.md").exists()
     rows = {(r["model"], r["mode"]): r for r in data["rows"]}
     assert set(rows) == {(m, mode) for m in ("MDTv2-Ti/2", "DiT-Ti/2") for mode in ("fused", "unfused")}
     assert data["meta"]["warnings"] == []
@@ -60,7 +63,7 @@ def test_tiny_compiled_bf16_fused_step(tmp_path):
         main(argv)
     finally:
         torch.set_num_threads(threads)
-    (row,) = json.loads((tmp_path / "train_step_cpu_bf16.json").read_text())["rows"]
+    (row,) = json.loads((tmp_path / f"train_step_{CPU}_bf16.json").read_text())["rows"]
     assert row["compiled"] and row["mode"] == "fused" and math.isfinite(row["loss_last"])
 
 
@@ -80,9 +83,9 @@ def test_a_run_cut_off_keeps_the_configurations_it_measured(tmp_path, monkeypatc
             main(TINY + ["--threads", "1", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
-    rows = json.loads((tmp_path / "train_step_cpu_fp32.json").read_text())["rows"]
+    rows = json.loads((tmp_path / f"train_step_{CPU}_fp32.json").read_text())["rows"]
     assert {(r["model"], r["mode"]) for r in rows} == {("MDTv2-Ti/2", "fused"), ("MDTv2-Ti/2", "unfused")}
-    assert "MDTv2-Ti/2" in (tmp_path / "train_step_cpu_fp32.md").read_text()
+    assert "MDTv2-Ti/2" in (tmp_path / f"train_step_{CPU}_fp32.md").read_text()
 
 
 def test_check_catches_a_wrong_fused_op(monkeypatch):
