@@ -50,13 +50,20 @@ inline void check_adaln_modulate(const at::Tensor& x, const at::Tensor& shift, c
   check_mod(scale, x, "scale");
 }
 
-inline void check_adaln_modulate_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
-                                          const at::Tensor& mean, const at::Tensor& rstd) {
-  check_tokens(x, "x");
-  check_like(grad, x, "grad");
+// The modulate part's backward inputs: the normalised tokens x, their gradient, scale and the statistics.
+inline void check_modulate_backward(const at::Tensor& grad, const char* grad_name, const at::Tensor& x,
+                                    const char* x_name, const at::Tensor& scale, const at::Tensor& mean,
+                                    const at::Tensor& rstd) {
+  check_tokens(x, x_name);
+  check_like(grad, x, grad_name);
   check_mod(scale, x, "scale");
   check_stats(mean, x, "mean");
   check_stats(rstd, x, "rstd");
+}
+
+inline void check_adaln_modulate_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
+                                          const at::Tensor& mean, const at::Tensor& rstd) {
+  check_modulate_backward(grad, "grad", x, "x", scale, mean, rstd);
 }
 
 inline void check_gated_residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y) {
@@ -82,13 +89,9 @@ inline void check_residual_adaln_modulate_backward(const std::optional<at::Tenso
                                                    const at::Tensor& h, const at::Tensor& y, const at::Tensor& gate,
                                                    const at::Tensor& scale, const at::Tensor& mean,
                                                    const at::Tensor& rstd) {
-  check_tokens(h, "h");
-  check_like(grad_out, h, "grad_out");
+  check_modulate_backward(grad_out, "grad_out", h, "h", scale, mean, rstd);
   check_like(y, h, "y");
   check_mod(gate, h, "gate");
-  check_mod(scale, h, "scale");
-  check_stats(mean, h, "mean");
-  check_stats(rstd, h, "rstd");
   if (grad_h.has_value() && grad_h->defined()) check_like(*grad_h, h, "grad_h");
 }
 
