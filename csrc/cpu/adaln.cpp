@@ -28,21 +28,11 @@ namespace {
 
 using cpu::view;
 
-struct Forward {
-  at::Tensor h, out, mean, rstd;
-};
-
 // The parts whose inputs are defined: residual (gate, y), modulate (shift, scale). x and y contiguous.
-Forward forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y, const at::Tensor& shift,
-                const at::Tensor& scale, double eps) {
+adaln::Forward forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y, const at::Tensor& shift,
+                       const at::Tensor& scale, double eps) {
   const bool residual = gate.defined(), modulate = scale.defined();
-  Forward r;
-  r.out = at::empty(x.sizes(), x.options());
-  if (residual && modulate) r.h = at::empty(x.sizes(), x.options());
-  if (modulate) {
-    r.mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(adaln::acc_dtype(x)));
-    r.rstd = at::empty_like(r.mean);
-  }
+  auto r = adaln::forward_outputs(x, residual, modulate);
   if (x.size(0) * x.size(1) == 0) return r;
   cpu::AdalnFwdArgs a;
   a.x = view(x);
@@ -59,26 +49,13 @@ Forward forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y
   return r;
 }
 
-struct Backward {
-  at::Tensor dx, dy, dshift, dscale, dgate;
-};
-
 // The gradients of the parts whose inputs are defined: modulate (x, scale, mean, rstd; gh with the
 // residual part), residual (gate, y). All token tensors and the statistics contiguous.
-Backward backward(const at::Tensor& g, const at::Tensor& gh, const at::Tensor& x, const at::Tensor& scale,
-                  const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& gate, const at::Tensor& y) {
+adaln::Backward backward(const at::Tensor& g, const at::Tensor& gh, const at::Tensor& x, const at::Tensor& scale,
+                         const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& gate, const at::Tensor& y) {
   const bool residual = gate.defined(), modulate = scale.defined();
   const int64_t B = g.size(0), N = g.size(1), D = g.size(2);
-  Backward r;
-  if (modulate) {
-    r.dx = at::empty(g.sizes(), g.options());
-    r.dshift = at::empty({B, D}, g.options());
-    r.dscale = at::empty({B, D}, g.options());
-  }
-  if (residual) {
-    r.dy = at::empty(g.sizes(), g.options());
-    r.dgate = at::empty({B, D}, g.options());
-  }
+  auto r = adaln::backward_outputs(g, residual, modulate);
   if (B * D == 0) return r;
   // The per-sample sums as chunk partials (P, B, C, D), P = dshift, dscale (modulate), dgate (residual).
   const int64_t planes = (modulate ? 2 : 0) + (residual ? 1 : 0);

@@ -17,21 +17,11 @@ ModRows<T> mod_rows(const at::Tensor& t) {
   return t.defined() ? ModRows<T>{ptr<const T>(t), t.stride(0), t.stride(1)} : ModRows<T>{};
 }
 
-struct Forward {
-  at::Tensor h, out, mean, rstd;
-};
-
 // The parts whose inputs are defined: residual (gate, y), modulate (shift, scale). x and y contiguous.
-Forward forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y, const at::Tensor& shift,
-                const at::Tensor& scale, double eps, const char* op) {
+adaln::Forward forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y, const at::Tensor& shift,
+                       const at::Tensor& scale, double eps, const char* op) {
   const bool residual = gate.defined(), modulate = scale.defined();
-  Forward r;
-  r.out = at::empty(x.sizes(), x.options());
-  if (residual && modulate) r.h = at::empty(x.sizes(), x.options());
-  if (modulate) {
-    r.mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(adaln::acc_dtype(x)));
-    r.rstd = at::empty_like(r.mean);
-  }
+  auto r = adaln::forward_outputs(x, residual, modulate);
   MDT_DISPATCH_FLOATS(x.scalar_type(), "adaln_forward", [&] {
     using T = device_t<scalar_t>;
     using A = typename Acc<T>::type;
@@ -51,27 +41,14 @@ Forward forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y
   return r;
 }
 
-struct Backward {
-  at::Tensor dx, dy, dshift, dscale, dgate;
-};
-
 // The gradients of the parts whose inputs are defined: modulate (x, scale, mean, rstd; gh with the
 // residual part), residual (gate, y). All token tensors contiguous.
-Backward backward(const at::Tensor& g, const at::Tensor& gh, const at::Tensor& x, const at::Tensor& scale,
-                  const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& gate, const at::Tensor& y,
-                  const char* op) {
+adaln::Backward backward(const at::Tensor& g, const at::Tensor& gh, const at::Tensor& x, const at::Tensor& scale,
+                         const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& gate, const at::Tensor& y,
+                         const char* op) {
   const bool residual = gate.defined(), modulate = scale.defined();
   const int64_t B = g.size(0), N = g.size(1), D = g.size(2);
-  Backward r;
-  if (modulate) {
-    r.dx = at::empty(g.sizes(), g.options());
-    r.dshift = at::empty({B, D}, g.options());
-    r.dscale = at::empty({B, D}, g.options());
-  }
-  if (residual) {
-    r.dy = at::empty(g.sizes(), g.options());
-    r.dgate = at::empty({B, D}, g.options());
-  }
+  auto r = adaln::backward_outputs(g, residual, modulate);
   const int64_t planes = (modulate ? 2 : 0) + (residual ? 1 : 0);
   auto work = at::empty({adaln_bwd_workspace(B, N, D, planes)}, g.options().dtype(adaln::acc_dtype(g)));
   MDT_DISPATCH_FLOATS(g.scalar_type(), "adaln_backward", [&] {

@@ -184,33 +184,31 @@ void backward(const AdalnBwdArgs& args) {
   });
 }
 
-// Entry points: the element type from the views, the parts from the views that are defined.
-
-void adaln_fwd_impl(const AdalnFwdArgs& args) {
+// Entry points: the element type from the views, the parts from the views that are defined (gate for
+// the residual part, scale for the modulate part): f(T{}, kResidual, kModulate) as std::bool_constant.
+template <typename Args, typename F>
+void with_parts(const Args& args, Dtype dtype, F&& f) {
   const bool residual = args.gate.defined(), modulate = args.scale.defined();
-  with_type(args.x.dtype, [&](auto t) {
-    using T = decltype(t);
+  with_type(dtype, [&](auto t) {
     if (residual && modulate) {
-      forward<T, true, true>(args);
+      f(t, std::true_type{}, std::true_type{});
     } else if (residual) {
-      forward<T, true, false>(args);
+      f(t, std::true_type{}, std::false_type{});
     } else {
-      forward<T, false, true>(args);
+      f(t, std::false_type{}, std::true_type{});
     }
   });
 }
 
+void adaln_fwd_impl(const AdalnFwdArgs& args) {
+  with_parts(args, args.x.dtype, [&](auto t, auto residual, auto modulate) {
+    forward<decltype(t), decltype(residual)::value, decltype(modulate)::value>(args);
+  });
+}
+
 void adaln_bwd_impl(const AdalnBwdArgs& args) {
-  const bool residual = args.gate.defined(), modulate = args.scale.defined();
-  with_type(args.g.dtype, [&](auto t) {
-    using T = decltype(t);
-    if (residual && modulate) {
-      backward<T, true, true>(args);
-    } else if (residual) {
-      backward<T, true, false>(args);
-    } else {
-      backward<T, false, true>(args);
-    }
+  with_parts(args, args.g.dtype, [&](auto t, auto residual, auto modulate) {
+    backward<decltype(t), decltype(residual)::value, decltype(modulate)::value>(args);
   });
 }
 

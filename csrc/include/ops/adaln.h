@@ -95,5 +95,44 @@ inline void check_residual_adaln_modulate_backward(const std::optional<at::Tenso
   if (grad_h.has_value() && grad_h->defined()) check_like(*grad_h, h, "grad_h");
 }
 
+// The outputs of the family's forward for the parts it runs (residual, modulate; csrc/cpu/vec/adaln.h,
+// csrc/cuda/adaln_kernels.h), x contiguous (B, N, D): out; h when both run; mean and rstd (B, N) in acc_t
+// for the modulate part. Parts that do not run leave their tensors undefined.
+struct Forward {
+  at::Tensor h, out, mean, rstd;
+};
+
+inline Forward forward_outputs(const at::Tensor& x, bool residual, bool modulate) {
+  Forward r;
+  r.out = at::empty(x.sizes(), x.options());
+  if (residual && modulate) r.h = at::empty(x.sizes(), x.options());
+  if (modulate) {
+    r.mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc_dtype(x)));
+    r.rstd = at::empty_like(r.mean);
+  }
+  return r;
+}
+
+// The gradients of the backward for the parts it runs, g = dout (B, N, D): dx, dshift, dscale (B, D) for
+// the modulate part; dy, dgate (B, D) for the residual part.
+struct Backward {
+  at::Tensor dx, dy, dshift, dscale, dgate;
+};
+
+inline Backward backward_outputs(const at::Tensor& g, bool residual, bool modulate) {
+  const int64_t B = g.size(0), D = g.size(2);
+  Backward r;
+  if (modulate) {
+    r.dx = at::empty(g.sizes(), g.options());
+    r.dshift = at::empty({B, D}, g.options());
+    r.dscale = at::empty({B, D}, g.options());
+  }
+  if (residual) {
+    r.dy = at::empty(g.sizes(), g.options());
+    r.dgate = at::empty({B, D}, g.options());
+  }
+  return r;
+}
+
 }  // namespace adaln
 }  // namespace mdt
