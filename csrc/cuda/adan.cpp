@@ -1,7 +1,6 @@
-// Torch binding of the fused CUDA Adan step (kernels in adan_kernels.cu). Built only with a CUDA torch.
+// Torch binding of the fused CUDA Adan step (adan_kernels.h).
 #include <torch/library.h>
 
-#include <array>
 #include <vector>
 
 #include "adan_kernels.h"
@@ -17,6 +16,24 @@ constexpr c10::DeviceType kKernelDevice = c10::kCPU;  // on the host execution l
 constexpr c10::DeviceType kKernelDevice = c10::kCUDA;
 #endif
 
+// Params and grads in P, the four states in S.
+template <typename P, typename S>
+void adan_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avg, at::TensorList exp_avg_sq,
+               at::TensorList exp_avg_diff, at::TensorList neg_pre_grad, const at::Tensor& clip_coef,
+               const AdanHyper& hyper) {
+  std::vector<AdanTensor<P, S>> tensors(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    tensors[i] = {ptr<P>(params[i]),       ptr<const P>(grads[i]),   ptr<S>(exp_avg[i]), ptr<S>(exp_avg_sq[i]),
+                  ptr<S>(exp_avg_diff[i]), ptr<S>(neg_pre_grad[i]), params[i].numel()};
+  }
+  AdanStepArgs<P, S> a;
+  a.tensors = tensors.data();
+  a.num_tensors = static_cast<int64_t>(tensors.size());
+  a.clip_coef = ptr<const float>(clip_coef);
+  a.hyper = hyper;
+  check_launch(launch_adan_step(a, current_stream()), "adan_step_ (CUDA)");
+}
+
 void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avg, at::TensorList exp_avg_sq,
                        at::TensorList exp_avg_diff, at::TensorList neg_pre_grad, const at::Tensor& clip_coef,
                        double lr, double beta1, double beta2, double beta3, double bias_correction1,
@@ -25,13 +42,6 @@ void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorLi
   check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, kKernelDevice);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
-  std::vector<std::array<void*, 6>> ptrs(params.size());
-  std::vector<int64_t> numels(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    ptrs[i] = {params[i].data_ptr(), const_cast<void*>(grads[i].const_data_ptr()), exp_avg[i].data_ptr(),
-               exp_avg_sq[i].data_ptr(), exp_avg_diff[i].data_ptr(), neg_pre_grad[i].data_ptr()};
-    numels[i] = params[i].numel();
-  }
   const AdanHyper hyper{beta1,
                         beta2,
                         beta3,
@@ -42,11 +52,14 @@ void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorLi
                         no_prox ? 1.0 - lr * weight_decay : 1.0 + lr * weight_decay,
                         no_prox,
                         first};
-  static_assert(sizeof(std::array<void*, 6>) == sizeof(void* [6]), "pointer rows must be packed");
-  check_launch(launch_adan_step(dtype_code(params[0]), dtype_code(exp_avg[0]), static_cast<int64_t>(ptrs.size()),
-                                reinterpret_cast<void* const(*)[6]>(ptrs.data()), numels.data(),
-                                clip_coef.const_data_ptr<float>(), hyper, current_stream()),
-               "adan_step_ (CUDA)");
+  MDT_DISPATCH_FLOATS(params[0].scalar_type(), "adan_step_", [&] {
+    using P = device_t<scalar_t>;
+    if (exp_avg[0].scalar_type() == at::kFloat) {
+      adan_step<P, float>(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, hyper);
+    } else {  // the params' dtype (check_adan_step)
+      adan_step<P, P>(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, hyper);
+    }
+  });
 }
 
 }  // namespace

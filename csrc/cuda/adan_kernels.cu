@@ -9,7 +9,6 @@
 #include <type_traits>
 
 #include "adan_kernels.h"
-#include "common.cuh"
 
 namespace mdt {
 namespace {
@@ -132,26 +131,30 @@ cudaError_t launch_table(const AdanTable& table, int blocks, const AdanHyper& h,
   return cudaGetLastError();
 }
 
+}  // namespace
+
 // Fills tables tensor by tensor, chunk by chunk, launching whenever one runs out of block or tensor
 // slots. A tensor whose chunks span two launches moves to slot 0 of the next table.
 template <typename P, typename S>
-cudaError_t launch_all(int64_t num_tensors, void* const (*tensors)[6], const int64_t* numels, const float* clip_coef,
-                       const AdanHyper& h, cudaStream_t stream) {
+cudaError_t launch_adan_step(const AdanStepArgs<P, S>& a, cudaStream_t stream) {
+  const AdanHyper& h = a.hyper;
   AdanTable table;
   int slots = 0, blocks = 0;
-  for (int64_t i = 0; i < num_tensors; ++i) {
-    if (numels[i] == 0) continue;
+  for (int64_t i = 0; i < a.num_tensors; ++i) {
+    const AdanTensor<P, S>& t = a.tensors[i];
+    if (t.numel == 0) continue;
     int slot = slots++;
-    for (int r = 0; r < 6; ++r) table.ptr[r][slot] = tensors[i][r];
-    table.numel[slot] = numels[i];
-    const int64_t chunks = cdiv(numels[i], kChunk);
+    void* const ptrs[6] = {t.param, const_cast<P*>(t.grad), t.exp_avg, t.exp_avg_sq, t.exp_avg_diff, t.neg_pre_grad};
+    for (int r = 0; r < 6; ++r) table.ptr[r][slot] = ptrs[r];
+    table.numel[slot] = t.numel;
+    const int64_t chunks = cdiv(t.numel, kChunk);
     for (int64_t ch = 0; ch < chunks; ++ch) {
       table.tensor[blocks] = static_cast<uint8_t>(slot);
       table.chunk[blocks] = static_cast<int32_t>(ch);
       ++blocks;
       const bool last = ch == chunks - 1;
       if (blocks == kMaxBlocks || (last && slots == kMaxTensors)) {
-        const cudaError_t err = launch_table<P, S>(table, blocks, h, clip_coef, stream);
+        const cudaError_t err = launch_table<P, S>(table, blocks, h, a.clip_coef, stream);
         if (err != cudaSuccess) return err;
         blocks = 0;
         if (last) {
@@ -165,20 +168,16 @@ cudaError_t launch_all(int64_t num_tensors, void* const (*tensors)[6], const int
       }
     }
   }
-  return blocks > 0 ? launch_table<P, S>(table, blocks, h, clip_coef, stream) : cudaSuccess;
+  return blocks > 0 ? launch_table<P, S>(table, blocks, h, a.clip_coef, stream) : cudaSuccess;
 }
 
-}  // namespace
-
-cudaError_t launch_adan_step(DType param_dtype, DType state_dtype, int64_t num_tensors, void* const (*tensors)[6],
-                             const int64_t* numels, const float* clip_coef, const AdanHyper& hyper,
-                             cudaStream_t stream) {
-  return dispatch_dtype(param_dtype, [&](auto p_tag) -> cudaError_t {
-    using P = decltype(p_tag);
-    if (state_dtype == DType::kFloat32) return launch_all<P, float>(num_tensors, tensors, numels, clip_coef, hyper, stream);
-    if (state_dtype == param_dtype) return launch_all<P, P>(num_tensors, tensors, numels, clip_coef, hyper, stream);
-    return cudaErrorInvalidValue;
-  });
-}
+// Parameters of any floating type, states float32 or the parameters' type.
+#define MDT_INSTANTIATE_ADAN(P)                                                                       \
+  template cudaError_t launch_adan_step<P, float>(const AdanStepArgs<P, float>&, cudaStream_t);    \
+  template cudaError_t launch_adan_step<P, P>(const AdanStepArgs<P, P>&, cudaStream_t);
+MDT_INSTANTIATE_ADAN(double)
+MDT_INSTANTIATE_ADAN(__half)
+MDT_INSTANTIATE_ADAN(__nv_bfloat16)
+template cudaError_t launch_adan_step<float, float>(const AdanStepArgs<float, float>&, cudaStream_t);
 
 }  // namespace mdt

@@ -1,6 +1,6 @@
 // Fused multi-tensor Adan step on CUDA (kernels in adan_kernels.cu, torch binding in adan.cpp).
 #pragma once
-#include "launch.h"
+#include "common.cuh"
 
 namespace mdt {
 
@@ -16,12 +16,29 @@ struct AdanHyper {
   bool first;  // d = 0 and neg_pre_grad is not read
 };
 
-// tensors[i] = {param, grad, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad} device pointers of
-// numels[i] elements each; params and grads are param_dtype, the four states state_dtype (float32 or
-// param_dtype). clip_coef points to one float on the device; a non-finite value makes every block
-// return without writing. Launches as few kernels as the kernel-argument tables allow, on `stream`.
-cudaError_t launch_adan_step(DType param_dtype, DType state_dtype, int64_t num_tensors, void* const (*tensors)[6],
-                             const int64_t* numels, const float* clip_coef, const AdanHyper& hyper,
-                             cudaStream_t stream);
+// One tensor of the step: param and grad in P, the four states in S (float32 or P), numel elements each.
+template <typename P, typename S>
+struct AdanTensor {
+  P* param = nullptr;
+  const P* grad = nullptr;
+  S* exp_avg = nullptr;
+  S* exp_avg_sq = nullptr;
+  S* exp_avg_diff = nullptr;
+  S* neg_pre_grad = nullptr;
+  int64_t numel = 0;
+};
+
+// clip_coef points to one float on the device; a non-finite value makes every block return without
+// writing. The launcher uses as few kernels as the kernel-argument tables allow.
+template <typename P, typename S>
+struct AdanStepArgs {
+  const AdanTensor<P, S>* tensors = nullptr;  // host array
+  int64_t num_tensors = 0;
+  const float* clip_coef = nullptr;
+  AdanHyper hyper{};
+};
+
+template <typename P, typename S>
+cudaError_t launch_adan_step(const AdanStepArgs<P, S>& args, cudaStream_t stream);
 
 }  // namespace mdt

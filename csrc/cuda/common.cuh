@@ -1,7 +1,9 @@
 // Shared by every CUDA kernel file. Kernel files (<op>_kernels.cu) include only CUDA headers and
-// this file: raw pointers, explicit launch configuration and a stream argument, so CI can compile
-// them with plain nvcc on machines whose torch has no CUDA. Launchers return cudaError_t; the torch
-// bindings (<op>.cpp, built only with a CUDA torch) turn a failure into a Python exception.
+// this file, so CI can compile them with plain nvcc on machines whose torch has no CUDA. Each op's
+// kernel header (<op>_kernels.h) declares its argument structs (typed pointers, sizes, strides) and
+// its launchers, templates over the element type, instantiated in the .cu for MDT_FOR_EACH_FLOAT;
+// the torch binding (<op>.cpp) picks the type with AT_DISPATCH (MDT_DISPATCH_FLOATS), fills the
+// struct and turns the cudaError_t a launcher returns into a Python exception.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -10,8 +12,6 @@
 #include <cassert>
 #include <cstdint>
 #include <cstdio>
-
-#include "launch.h"
 
 namespace mdt {
 
@@ -66,21 +66,6 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { retu
 template <typename T>
 __device__ __forceinline__ T from_acc(double v) { return static_cast<T>(v); }
 
-// Calls f(T{}) with T the C++ type of `dtype`; returns cudaErrorInvalidValue for an unknown code.
-template <typename F>
-cudaError_t dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: return f(float{});
-    case DType::kFloat16: return f(__half{});
-    case DType::kBFloat16: return f(__nv_bfloat16{});
-    case DType::kFloat64: return f(double{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-}  // namespace mdt
-
-namespace mdt {
 
 // Tokens per block for per-sample sums over tokens (two-stage, deterministic): enough blocks to fill a
 // GPU, few enough chunk partials. Depends only on the shape (same policy as the Triton kernels).
@@ -90,6 +75,18 @@ __host__ __device__ inline int64_t token_chunk(int64_t B, int64_t N) {
   c = c < N ? c : N;
   return c < 1 ? 1 : c;
 }
+
+// A (B, D) tensor read through its strides (in elements), e.g. a modulation row (shift, scale, gate)
+// cut from adaLN_modulation(c).chunk(6, dim=1); data == nullptr: absent.
+template <typename T>
+struct ModRows {
+  const T* data = nullptr;
+  int64_t stride_b = 0, stride_d = 0;
+  __host__ __device__ const T* row(int64_t b) const { return data + b * stride_b; }
+};
+
+// X(T) for each floating element type a launcher is instantiated for (explicit instantiations).
+#define MDT_FOR_EACH_FLOAT(X) X(float) X(double) X(__half) X(__nv_bfloat16)
 
 // Up to three output pointers passed by value to a kernel.
 template <typename T>

@@ -1,6 +1,5 @@
 // gather_tokens on CUDA: one block per gathered row, copying with the widest aligned word (16, 4, 2
 // or 1 bytes), so the forward is a pure copy at any dtype. Backward zero-fills and scatter-adds.
-#include "common.cuh"
 #include "gather_tokens_kernels.h"
 
 namespace mdt {
@@ -44,30 +43,33 @@ bool aligned(const void* p, int64_t row_bytes, int64_t word) {
 
 }  // namespace
 
-cudaError_t launch_gather_tokens(const void* x, const int64_t* ids, void* out, int64_t B, int64_t N, int64_t K,
-                                 int64_t row_bytes, cudaStream_t stream) {
-  const int64_t rows = B * K;
+template <typename T>
+cudaError_t launch_gather_tokens(const GatherTokensArgs<T>& a, cudaStream_t stream) {
+  const void *x = a.x, *out = a.out;
+  const int64_t rows = a.B * a.K, N = a.N, K = a.K, row_bytes = a.D * static_cast<int64_t>(sizeof(T));
   if (rows == 0 || row_bytes == 0) return cudaSuccess;
   if (aligned(x, row_bytes, 16) && aligned(out, row_bytes, 16))
-    return gather_with<uint4>(x, ids, out, rows, N, K, row_bytes, stream);
+    return gather_with<uint4>(a.x, a.ids, a.out, rows, N, K, row_bytes, stream);
   if (aligned(x, row_bytes, 4) && aligned(out, row_bytes, 4))
-    return gather_with<uint32_t>(x, ids, out, rows, N, K, row_bytes, stream);
+    return gather_with<uint32_t>(a.x, a.ids, a.out, rows, N, K, row_bytes, stream);
   if (aligned(x, row_bytes, 2) && aligned(out, row_bytes, 2))
-    return gather_with<uint16_t>(x, ids, out, rows, N, K, row_bytes, stream);
-  return gather_with<uint8_t>(x, ids, out, rows, N, K, row_bytes, stream);
+    return gather_with<uint16_t>(a.x, a.ids, a.out, rows, N, K, row_bytes, stream);
+  return gather_with<uint8_t>(a.x, a.ids, a.out, rows, N, K, row_bytes, stream);
 }
 
-cudaError_t launch_gather_tokens_backward(const void* grad, const int64_t* ids, void* dx, int64_t B, int64_t N,
-                                          int64_t K, int64_t D, DType dtype, cudaStream_t stream) {
-  return dispatch_dtype(dtype, [&](auto zero) -> cudaError_t {
-    using T = decltype(zero);
-    cudaError_t err = cudaMemsetAsync(dx, 0, static_cast<size_t>(B * N * D) * sizeof(T), stream);
-    if (err != cudaSuccess || B * K == 0 || D == 0) return err;
-    const int threads = static_cast<int>(D >= kThreads ? kThreads : ((D + 31) / 32) * 32);
-    MDT_LAUNCH(static_cast<unsigned>(B * K), threads, 0, stream, scatter_add_rows_kernel<T>)(
-        static_cast<const T*>(grad), ids, static_cast<T*>(dx), N, K, D);
-    return cudaGetLastError();
-  });
+template <typename T>
+cudaError_t launch_gather_tokens_backward(const GatherTokensBwdArgs<T>& a, cudaStream_t stream) {
+  const int64_t B = a.B, N = a.N, K = a.K, D = a.D;
+  cudaError_t err = cudaMemsetAsync(a.dx, 0, static_cast<size_t>(B * N * D) * sizeof(T), stream);
+  if (err != cudaSuccess || B * K == 0 || D == 0) return err;
+  const int threads = static_cast<int>(D >= kThreads ? kThreads : ((D + 31) / 32) * 32);
+  MDT_LAUNCH(static_cast<unsigned>(B * K), threads, 0, stream, scatter_add_rows_kernel<T>)(a.grad, a.ids, a.dx, N, K, D);
+  return cudaGetLastError();
 }
+
+#define MDT_INSTANTIATE_GATHER_TOKENS(T)                                                          \
+  template cudaError_t launch_gather_tokens<T>(const GatherTokensArgs<T>&, cudaStream_t);         \
+  template cudaError_t launch_gather_tokens_backward<T>(const GatherTokensBwdArgs<T>&, cudaStream_t);
+MDT_FOR_EACH_FLOAT(MDT_INSTANTIATE_GATHER_TOKENS)
 
 }  // namespace mdt

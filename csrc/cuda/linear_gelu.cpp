@@ -21,9 +21,15 @@ std::tuple<at::Tensor, at::Tensor> linear_gelu_cuda(const at::Tensor& x, const a
   const int64_t M = h.size(0), D = h.size(1);
   auto y = at::empty({M, D}, h.options());
   if (h.numel() > 0) {
-    check_launch(launch_linear_gelu_fwd(dtype_code(h), h.const_data_ptr(), b.const_data_ptr(), y.data_ptr(), M, D,
-                                        current_stream()),
-                 "linear_gelu");
+    MDT_DISPATCH_FLOATS(h.scalar_type(), "linear_gelu", [&] {
+      using T = device_t<scalar_t>;
+      LinearGeluArgs<T> a;
+      a.h = ptr<const T>(h);
+      a.bias = ptr<const T>(b);
+      a.y = ptr<T>(y);
+      a.M = M, a.D = D;
+      check_launch(launch_linear_gelu_fwd(a, current_stream()), "linear_gelu");
+    });
   }
   return {y.view(linear_out_shape(x, weight.size(0))), h};
 }
@@ -44,9 +50,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cuda(const a
   if (hc.numel() > 0) {
     db = at::empty({D}, b.options());
     auto work = at::empty({linear_gelu_bwd_workspace(M, D)}, hc.options().dtype(adaln::acc_dtype(hc)));
-    check_launch(launch_linear_gelu_bwd(dtype_code(hc), g.const_data_ptr(), hc.const_data_ptr(), b.const_data_ptr(),
-                                        dh.data_ptr(), db.data_ptr(), work.data_ptr(), M, D, current_stream()),
-                 "linear_gelu_backward");
+    MDT_DISPATCH_FLOATS(hc.scalar_type(), "linear_gelu_backward", [&] {
+      using T = device_t<scalar_t>;
+      using A = typename Acc<T>::type;
+      LinearGeluBwdArgs<T> a;
+      a.grad = ptr<const T>(g);
+      a.h = ptr<const T>(hc);
+      a.bias = ptr<const T>(b);
+      a.dh = ptr<T>(dh);
+      a.dbias = ptr<T>(db);
+      a.workspace = ptr<A>(work);
+      a.M = M, a.D = D;
+      check_launch(launch_linear_gelu_bwd(a, current_stream()), "linear_gelu_backward");
+    });
   } else {
     db = at::zeros({D}, b.options());  // no rows (or no columns): nothing to sum
   }

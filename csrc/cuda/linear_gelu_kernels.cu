@@ -192,48 +192,40 @@ cudaError_t launch_bwd(const T* g, const T* h, const T* b, T* dh, A* partial, in
 
 }  // namespace
 
-cudaError_t launch_linear_gelu_fwd(DType dtype, const void* h, const void* bias, void* y, int64_t M, int64_t D,
-                                   cudaStream_t stream) {
-  return dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
-    using T = decltype(tag);
-    constexpr int V = kPackBytes / static_cast<int>(sizeof(T));
-    if (M * D == 0) return cudaSuccess;
-    const T* hp = static_cast<const T*>(h);
-    const T* bp = static_cast<const T*>(bias);
-    T* yp = static_cast<T*>(y);
-    if (D % V == 0 && aligned(h, kPackBytes) && aligned(bias, kPackBytes) && aligned(y, kPackBytes))
-      return launch_fwd<T, V>(hp, bp, yp, M, D, stream);
-    return launch_fwd<T, 1>(hp, bp, yp, M, D, stream);
-  });
+template <typename T>
+cudaError_t launch_linear_gelu_fwd(const LinearGeluArgs<T>& a, cudaStream_t stream) {
+  constexpr int V = kPackBytes / static_cast<int>(sizeof(T));
+  const int64_t M = a.M, D = a.D;
+  if (M * D == 0) return cudaSuccess;
+  if (D % V == 0 && aligned(a.h, kPackBytes) && aligned(a.bias, kPackBytes) && aligned(a.y, kPackBytes))
+    return launch_fwd<T, V>(a.h, a.bias, a.y, M, D, stream);
+  return launch_fwd<T, 1>(a.h, a.bias, a.y, M, D, stream);
 }
 
 int64_t linear_gelu_bwd_workspace(int64_t M, int64_t D) { return num_chunks(M) * D; }
 
-cudaError_t launch_linear_gelu_bwd(DType dtype, const void* grad, const void* h, const void* bias, void* dh,
-                                   void* dbias, void* workspace, int64_t M, int64_t D, cudaStream_t stream) {
-  return dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
-    using T = decltype(tag);
-    using A = typename Acc<T>::type;
-    constexpr int V = kPackBytes / static_cast<int>(sizeof(T));
-    const int64_t C = num_chunks(M);
-    A* part = static_cast<A*>(workspace);
-    if (M * D > 0) {
-      const T* gp = static_cast<const T*>(grad);
-      const T* hp = static_cast<const T*>(h);
-      const T* bp = static_cast<const T*>(bias);
-      T* dp = static_cast<T*>(dh);
-      const bool vec = D % V == 0 && aligned(grad, kPackBytes) && aligned(h, kPackBytes) &&
-                       aligned(bias, kPackBytes) && aligned(dh, kPackBytes) &&
-                       aligned(workspace, static_cast<int64_t>(sizeof(A)) * V);
-      const cudaError_t err = vec ? launch_bwd<T, V>(gp, hp, bp, dp, part, M, D, stream)
-                                  : launch_bwd<T, 1>(gp, hp, bp, dp, part, M, D, stream);
-      if (err != cudaSuccess) return err;
-    }
-    if (D == 0) return cudaSuccess;
-    MDT_LAUNCH(static_cast<unsigned>(cdiv(D, 32)), 32 * kDbWarps, 0, stream, linear_gelu_db_kernel<A, T>)(
-        part, static_cast<T*>(dbias), C, D, cdiv(C, kDbWarps));
-    return cudaGetLastError();
-  });
+template <typename T>
+cudaError_t launch_linear_gelu_bwd(const LinearGeluBwdArgs<T>& a, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  constexpr int V = kPackBytes / static_cast<int>(sizeof(T));
+  const int64_t M = a.M, D = a.D, C = num_chunks(M);
+  if (M * D > 0) {
+    const bool vec = D % V == 0 && aligned(a.grad, kPackBytes) && aligned(a.h, kPackBytes) &&
+                     aligned(a.bias, kPackBytes) && aligned(a.dh, kPackBytes) &&
+                     aligned(a.workspace, static_cast<int64_t>(sizeof(A)) * V);
+    const cudaError_t err = vec ? launch_bwd<T, V>(a.grad, a.h, a.bias, a.dh, a.workspace, M, D, stream)
+                                : launch_bwd<T, 1>(a.grad, a.h, a.bias, a.dh, a.workspace, M, D, stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (D == 0) return cudaSuccess;
+  MDT_LAUNCH(static_cast<unsigned>(cdiv(D, 32)), 32 * kDbWarps, 0, stream, linear_gelu_db_kernel<A, T>)(
+      a.workspace, a.dbias, C, D, cdiv(C, kDbWarps));
+  return cudaGetLastError();
 }
+
+#define MDT_INSTANTIATE_LINEAR_GELU(T)                                                     \
+  template cudaError_t launch_linear_gelu_fwd<T>(const LinearGeluArgs<T>&, cudaStream_t); \
+  template cudaError_t launch_linear_gelu_bwd<T>(const LinearGeluBwdArgs<T>&, cudaStream_t);
+MDT_FOR_EACH_FLOAT(MDT_INSTANTIATE_LINEAR_GELU)
 
 }  // namespace mdt

@@ -1,4 +1,4 @@
-// torch binding of the masked_rel_pos_bias CUDA kernels (built only against a CUDA torch).
+// torch binding of the masked_rel_pos_bias CUDA kernels (masked_rel_pos_bias_kernels.h).
 #include <torch/library.h>
 
 #include "masked_rel_pos_bias_kernels.h"
@@ -11,13 +11,18 @@ namespace {
 at::Tensor masked_rel_pos_bias_cuda(const at::Tensor& table_in, int64_t grid_size, const at::Tensor& ids_in) {
   check_masked_rel_pos_bias(table_in, grid_size, ids_in);
   const c10::cuda::CUDAGuard guard(table_in.device());
-  const auto table = table_in.contiguous();
-  const auto ids = ids_in.contiguous();
+  const auto table = table_in.contiguous(), ids = ids_in.contiguous();
   const int64_t B = ids.size(0), K = ids.size(1), H = table.size(1);
   auto out = at::empty({B, H, K, K}, table.options());
-  check_launch(launch_masked_rel_pos_bias(table.const_data_ptr(), ids.const_data_ptr<int64_t>(), out.data_ptr(), B, H,
-                                          K, grid_size, dtype_code(table), current_stream()),
-               "masked_rel_pos_bias");
+  MDT_DISPATCH_FLOATS(table.scalar_type(), "masked_rel_pos_bias", [&] {
+    using T = device_t<scalar_t>;
+    MaskedRelPosBiasArgs<T> a;
+    a.table = ptr<const T>(table);
+    a.ids = ptr<const int64_t>(ids);
+    a.out = ptr<T>(out);
+    a.B = B, a.H = H, a.K = K, a.G = grid_size;
+    check_launch(launch_masked_rel_pos_bias(a, current_stream()), "masked_rel_pos_bias");
+  });
   return out;
 }
 
@@ -26,15 +31,19 @@ at::Tensor masked_rel_pos_bias_backward_cuda(const at::Tensor& grad_in, const at
   const int64_t R = num_rel.expect_int();
   check_masked_rel_pos_bias_backward(grad_in, ids_in, grid_size, R);
   const c10::cuda::CUDAGuard guard(grad_in.device());
-  const auto grad = grad_in.contiguous();
-  const auto ids = ids_in.contiguous();
-  const int64_t B = grad.size(0), H = grad.size(1), K = grad.size(2);
+  const auto grad = grad_in.contiguous(), ids = ids_in.contiguous();
   const auto acc = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto d_table = at::empty({R, H}, grad.options().dtype(acc));
-  check_launch(launch_masked_rel_pos_bias_backward(grad.const_data_ptr(), ids.const_data_ptr<int64_t>(),
-                                                   d_table.data_ptr(), B, H, K, grid_size, R, dtype_code(grad),
-                                                   current_stream()),
-               "masked_rel_pos_bias_backward");
+  auto d_table = at::empty({R, grad.size(1)}, grad.options().dtype(acc));
+  MDT_DISPATCH_FLOATS(grad.scalar_type(), "masked_rel_pos_bias_backward", [&] {
+    using T = device_t<scalar_t>;
+    using A = typename Acc<T>::type;
+    MaskedRelPosBiasBwdArgs<T> a;
+    a.grad = ptr<const T>(grad);
+    a.ids = ptr<const int64_t>(ids);
+    a.d_table_acc = ptr<A>(d_table);
+    a.B = grad.size(0), a.H = grad.size(1), a.K = grad.size(2), a.G = grid_size, a.R = R;
+    check_launch(launch_masked_rel_pos_bias_backward(a, current_stream()), "masked_rel_pos_bias_backward");
+  });
   return d_table.to(grad.scalar_type());
 }
 

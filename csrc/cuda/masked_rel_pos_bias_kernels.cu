@@ -3,7 +3,6 @@
 // Forward: one block per output row (b,h,i), threads over j, one table read per element.
 // Backward: one block per (b,h) accumulates its K*K gradients into a shared-memory copy of the
 // table column, then adds it to the global accumulator (atomics: last bits vary run to run).
-#include "common.cuh"
 #include "masked_rel_pos_bias_kernels.h"
 
 namespace mdt {
@@ -64,36 +63,36 @@ int threads_for(int64_t n) { return static_cast<int>(n >= kThreads ? kThreads : 
 
 }  // namespace
 
-cudaError_t launch_masked_rel_pos_bias(const void* table, const int64_t* ids, void* out, int64_t B, int64_t H,
-                                       int64_t K, int64_t G, DType dtype, cudaStream_t stream) {
+template <typename T>
+cudaError_t launch_masked_rel_pos_bias(const MaskedRelPosBiasArgs<T>& a, cudaStream_t stream) {
+  const int64_t B = a.B, H = a.H, K = a.K;
   if (B * H * K == 0 || K == 0) return cudaSuccess;
-  return dispatch_dtype(dtype, [&](auto zero) -> cudaError_t {
-    using T = decltype(zero);
-    MDT_LAUNCH(static_cast<unsigned>(B * H * K), threads_for(K), 0, stream, rel_bias_fwd_kernel<T>)(
-        static_cast<const T*>(table), ids, static_cast<T*>(out), H, K, G);
-    return cudaGetLastError();
-  });
+  MDT_LAUNCH(static_cast<unsigned>(B * H * K), threads_for(K), 0, stream, rel_bias_fwd_kernel<T>)(a.table, a.ids,
+                                                                                                   a.out, H, K, a.G);
+  return cudaGetLastError();
 }
 
-cudaError_t launch_masked_rel_pos_bias_backward(const void* grad, const int64_t* ids, void* d_table_acc, int64_t B,
-                                                int64_t H, int64_t K, int64_t G, int64_t R, DType dtype,
-                                                cudaStream_t stream) {
-  return dispatch_dtype(dtype, [&](auto zero) -> cudaError_t {
-    using T = decltype(zero);
-    using A = typename Acc<T>::type;
-    cudaError_t err = cudaMemsetAsync(d_table_acc, 0, static_cast<size_t>(R * H) * sizeof(A), stream);
-    if (err != cudaSuccess || B * H == 0 || K == 0) return err;
-    const size_t smem = static_cast<size_t>(R) * sizeof(A);
-    const unsigned blocks = static_cast<unsigned>(B * H);
-    if (smem <= 48 * 1024) {
-      MDT_LAUNCH(blocks, threads_for(K), smem, stream, rel_bias_bwd_kernel<T, A, true>)(
-          static_cast<const T*>(grad), ids, static_cast<A*>(d_table_acc), H, K, G, R);
-    } else {
-      MDT_LAUNCH(blocks, threads_for(K), 0, stream, rel_bias_bwd_kernel<T, A, false>)(
-          static_cast<const T*>(grad), ids, static_cast<A*>(d_table_acc), H, K, G, R);
-    }
-    return cudaGetLastError();
-  });
+template <typename T>
+cudaError_t launch_masked_rel_pos_bias_backward(const MaskedRelPosBiasBwdArgs<T>& a, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  const int64_t B = a.B, H = a.H, K = a.K, G = a.G, R = a.R;
+  cudaError_t err = cudaMemsetAsync(a.d_table_acc, 0, static_cast<size_t>(R * H) * sizeof(A), stream);
+  if (err != cudaSuccess || B * H == 0 || K == 0) return err;
+  const size_t smem = static_cast<size_t>(R) * sizeof(A);
+  const unsigned blocks = static_cast<unsigned>(B * H);
+  if (smem <= 48 * 1024) {
+    MDT_LAUNCH(blocks, threads_for(K), smem, stream, rel_bias_bwd_kernel<T, A, true>)(a.grad, a.ids, a.d_table_acc, H,
+                                                                                      K, G, R);
+  } else {
+    MDT_LAUNCH(blocks, threads_for(K), 0, stream, rel_bias_bwd_kernel<T, A, false>)(a.grad, a.ids, a.d_table_acc, H,
+                                                                                    K, G, R);
+  }
+  return cudaGetLastError();
 }
+
+#define MDT_INSTANTIATE_MASKED_REL_POS_BIAS(T)                                                        \
+  template cudaError_t launch_masked_rel_pos_bias<T>(const MaskedRelPosBiasArgs<T>&, cudaStream_t); \
+  template cudaError_t launch_masked_rel_pos_bias_backward<T>(const MaskedRelPosBiasBwdArgs<T>&, cudaStream_t);
+MDT_FOR_EACH_FLOAT(MDT_INSTANTIATE_MASKED_REL_POS_BIAS)
 
 }  // namespace mdt

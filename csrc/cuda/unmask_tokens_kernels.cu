@@ -1,6 +1,5 @@
 // unmask_tokens on CUDA: an inverse-map scatter (B*K threads, distinctness checked with atomicExch),
 // then one block per output row. Backward: one thread per (n, d) loops over the batch in order.
-#include "common.cuh"
 #include "unmask_tokens_kernels.h"
 
 namespace mdt {
@@ -75,42 +74,39 @@ cudaError_t build_inverse_map(const int64_t* ids, int32_t* inv, int64_t B, int64
 
 }  // namespace
 
-cudaError_t launch_unmask_tokens(const void* x_kept, const int64_t* ids, const void* mask, const void* pos, void* out,
-                                 int32_t* inv, int64_t B, int64_t N, int64_t K, int64_t D, DType dtype,
-                                 cudaStream_t stream) {
+template <typename T>
+cudaError_t launch_unmask_tokens(const UnmaskTokensArgs<T>& a, cudaStream_t stream) {
+  const int64_t B = a.B, N = a.N, K = a.K, D = a.D;
   if (B * N == 0 || D == 0) return cudaSuccess;
-  cudaError_t err = build_inverse_map(ids, inv, B, N, K, stream);
+  cudaError_t err = build_inverse_map(a.ids, a.inv, B, N, K, stream);
   if (err != cudaSuccess) return err;
-  return dispatch_dtype(dtype, [&](auto zero) -> cudaError_t {
-    using T = decltype(zero);
-    MDT_LAUNCH(static_cast<unsigned>(B * N), threads_for(D), 0, stream, unmask_rows_kernel<T>)(
-        static_cast<const T*>(x_kept), inv, static_cast<const T*>(mask), static_cast<const T*>(pos),
-        static_cast<T*>(out), N, K, D);
-    return cudaGetLastError();
-  });
+  MDT_LAUNCH(static_cast<unsigned>(B * N), threads_for(D), 0, stream, unmask_rows_kernel<T>)(
+      a.x_kept, a.inv, a.mask, a.pos, a.out, N, K, D);
+  return cudaGetLastError();
 }
 
-cudaError_t launch_unmask_tokens_backward(const void* grad, const int64_t* ids, void* d_x_kept, void* d_mask,
-                                          void* d_pos, int32_t* inv, void* mask_partial, int64_t B, int64_t N,
-                                          int64_t K, int64_t D, DType dtype, cudaStream_t stream) {
+template <typename T>
+cudaError_t launch_unmask_tokens_backward(const UnmaskTokensBwdArgs<T>& a, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  const int64_t B = a.B, N = a.N, K = a.K, D = a.D;
   if (D == 0) return cudaSuccess;
-  cudaError_t err = build_inverse_map(ids, inv, B, N, K, stream);
+  cudaError_t err = build_inverse_map(a.ids, a.inv, B, N, K, stream);
   if (err != cudaSuccess) return err;
-  return dispatch_dtype(dtype, [&](auto zero) -> cudaError_t {
-    using T = decltype(zero);
-    using A = typename Acc<T>::type;
-    const dim3 grid(static_cast<unsigned>(cdiv(D, kThreads)), static_cast<unsigned>(N));
-    if (N > 0) {
-      MDT_LAUNCH(grid, kThreads, 0, stream, unmask_backward_kernel<T, A>)(
-          static_cast<const T*>(grad), inv, static_cast<T*>(d_x_kept), static_cast<A*>(mask_partial),
-          static_cast<T*>(d_pos), B, N, K, D);
-      cudaError_t e = cudaGetLastError();
-      if (e != cudaSuccess) return e;
-    }
-    MDT_LAUNCH(static_cast<unsigned>(cdiv(D, kThreads)), kThreads, 0, stream, column_sum_kernel<T, A>)(
-        static_cast<const A*>(mask_partial), static_cast<T*>(d_mask), N, D);
-    return cudaGetLastError();
-  });
+  const dim3 grid(static_cast<unsigned>(cdiv(D, kThreads)), static_cast<unsigned>(N));
+  if (N > 0) {
+    MDT_LAUNCH(grid, kThreads, 0, stream, unmask_backward_kernel<T, A>)(a.grad, a.inv, a.d_x_kept, a.mask_partial,
+                                                                         a.d_pos, B, N, K, D);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  MDT_LAUNCH(static_cast<unsigned>(cdiv(D, kThreads)), kThreads, 0, stream, column_sum_kernel<T, A>)(
+      a.mask_partial, a.d_mask, N, D);
+  return cudaGetLastError();
 }
+
+#define MDT_INSTANTIATE_UNMASK_TOKENS(T)                                                   \
+  template cudaError_t launch_unmask_tokens<T>(const UnmaskTokensArgs<T>&, cudaStream_t); \
+  template cudaError_t launch_unmask_tokens_backward<T>(const UnmaskTokensBwdArgs<T>&, cudaStream_t);
+MDT_FOR_EACH_FLOAT(MDT_INSTANTIATE_UNMASK_TOKENS)
 
 }  // namespace mdt

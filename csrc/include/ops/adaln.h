@@ -50,13 +50,20 @@ inline void check_adaln_modulate(const at::Tensor& x, const at::Tensor& shift, c
   check_mod(scale, x, "scale");
 }
 
-inline void check_adaln_modulate_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
-                                          const at::Tensor& mean, const at::Tensor& rstd) {
-  check_tokens(x, "x");
-  check_like(grad, x, "grad");
+// The modulate part's backward inputs: the normalised tokens x, their gradient, scale and the statistics.
+inline void check_modulate_backward(const at::Tensor& grad, const char* grad_name, const at::Tensor& x,
+                                    const char* x_name, const at::Tensor& scale, const at::Tensor& mean,
+                                    const at::Tensor& rstd) {
+  check_tokens(x, x_name);
+  check_like(grad, x, grad_name);
   check_mod(scale, x, "scale");
   check_stats(mean, x, "mean");
   check_stats(rstd, x, "rstd");
+}
+
+inline void check_adaln_modulate_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
+                                          const at::Tensor& mean, const at::Tensor& rstd) {
+  check_modulate_backward(grad, "grad", x, "x", scale, mean, rstd);
 }
 
 inline void check_gated_residual(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y) {
@@ -82,14 +89,49 @@ inline void check_residual_adaln_modulate_backward(const std::optional<at::Tenso
                                                    const at::Tensor& h, const at::Tensor& y, const at::Tensor& gate,
                                                    const at::Tensor& scale, const at::Tensor& mean,
                                                    const at::Tensor& rstd) {
-  check_tokens(h, "h");
-  check_like(grad_out, h, "grad_out");
+  check_modulate_backward(grad_out, "grad_out", h, "h", scale, mean, rstd);
   check_like(y, h, "y");
   check_mod(gate, h, "gate");
-  check_mod(scale, h, "scale");
-  check_stats(mean, h, "mean");
-  check_stats(rstd, h, "rstd");
   if (grad_h.has_value() && grad_h->defined()) check_like(*grad_h, h, "grad_h");
+}
+
+// The outputs of the family's forward for the parts it runs (residual, modulate; csrc/cpu/vec/adaln.h,
+// csrc/cuda/adaln_kernels.h), x contiguous (B, N, D): out; h when both run; mean and rstd (B, N) in acc_t
+// for the modulate part. Parts that do not run leave their tensors undefined.
+struct Forward {
+  at::Tensor h, out, mean, rstd;
+};
+
+inline Forward forward_outputs(const at::Tensor& x, bool residual, bool modulate) {
+  Forward r;
+  r.out = at::empty(x.sizes(), x.options());
+  if (residual && modulate) r.h = at::empty(x.sizes(), x.options());
+  if (modulate) {
+    r.mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc_dtype(x)));
+    r.rstd = at::empty_like(r.mean);
+  }
+  return r;
+}
+
+// The gradients of the backward for the parts it runs, g = dout (B, N, D): dx, dshift, dscale (B, D) for
+// the modulate part; dy, dgate (B, D) for the residual part.
+struct Backward {
+  at::Tensor dx, dy, dshift, dscale, dgate;
+};
+
+inline Backward backward_outputs(const at::Tensor& g, bool residual, bool modulate) {
+  const int64_t B = g.size(0), D = g.size(2);
+  Backward r;
+  if (modulate) {
+    r.dx = at::empty(g.sizes(), g.options());
+    r.dshift = at::empty({B, D}, g.options());
+    r.dscale = at::empty({B, D}, g.options());
+  }
+  if (residual) {
+    r.dy = at::empty(g.sizes(), g.options());
+    r.dgate = at::empty({B, D}, g.options());
+  }
+  return r;
 }
 
 }  // namespace adaln
