@@ -36,7 +36,8 @@ def _want_cuda() -> bool:
     if flag in ("1", "true", "on"):
         if not possible:
             raise RuntimeError(
-                f"MDT_KERNELS_CUDA=1 but torch {torch.__version__} has no CUDA or nvcc was not found (CUDA_HOME={CUDA_HOME})"
+                f"MDT_KERNELS_CUDA=1 but torch {torch.__version__} has no CUDA or nvcc was not found "
+                f"(CUDA_HOME={CUDA_HOME})"
             )
         return True
     if flag in ("0", "false", "off"):
@@ -122,10 +123,12 @@ def _extension():
     if _want_cuda():
         archs = os.environ.get("MDT_KERNELS_CUDA_ARCHS", os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0;10.0+PTX"))
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")) + glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
+                          + glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "--use_fast_math"]
         nvcc += ["--expt-relaxed-constexpr"]
-        return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DMDT_WITH_CUDA"], "nvcc": nvcc}, **kwargs)
+        return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx + ["-DMDT_WITH_CUDA"], "nvcc": nvcc},
+                             **kwargs)
     return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
 
 

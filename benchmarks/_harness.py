@@ -140,6 +140,12 @@ def meta_line(meta: dict) -> str:
             f"{meta['date']}, load average at start {meta.get('load_avg', '?')}.")
 
 
+def table_head(title: str, meta: dict, about: str, columns: list[str]) -> list[str]:
+    """The lines above a results table's rows: title with the machine, meta_line and `about`, the header row."""
+    return [f"# {title}: {meta['device']}", "", f"{meta_line(meta)} {about}", "", "| " + " | ".join(columns) + " |",
+            "|" + "---|" * len(columns)]
+
+
 def run_meta(device: torch.device, dtype: str) -> dict:
     """The header of a results table (machine, copy bandwidth, commit, load); warns when a busy CPU makes
     timings meaningless (another busy process steals a core from the OpenMP threads, and every parallel

@@ -22,7 +22,7 @@ import gc
 import torch
 
 import mdt_kernels as mk
-from benchmarks._harness import median_time, meta_line, run_meta, run_parser, split_choices, write_results
+from benchmarks._harness import median_time, run_meta, run_parser, split_choices, table_head, write_results
 from mdt.optim import Adan
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -123,16 +123,11 @@ def rows_for(shape_name: str, device: torch.device, dtype: torch.dtype, min_time
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    lines = [
-        f"# Optimizer step: {meta['device']} ({meta['dtype']} parameters)",
-        "",
-        f"{meta_line(meta)} Median ms per step. "
-        "Adan: lr 5e-4, weight_decay 0.02, max_grad_norm 1, fp32 state. "
-        "B/param: minimal bytes moved per parameter; x min: time over the time of those bytes at copy bandwidth.",
-        "",
-        "| model | params | provider | ms | vs Adan foreach | B/param | GB/s | % copy | x min |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = table_head(
+        f"Optimizer step ({meta['dtype']} parameters)", meta,
+        "Median ms per step. Adan: lr 5e-4, weight_decay 0.02, max_grad_norm 1, fp32 state. B/param: minimal bytes "
+        "moved per parameter; x min: time over the time of those bytes at copy bandwidth.",
+        ["model", "params", "provider", "ms", "vs Adan foreach", "B/param", "GB/s", "% copy", "x min"])
     for r in rows:
         speed = f"{r['speedup_vs_adan_foreach']:.2f}x" if r["speedup_vs_adan_foreach"] else "-"
         lines.append(f"| MDTv2-{r['shape']} | {r['params']:,} | {r['provider']} | {r['ms']:.2f} | {speed} | "

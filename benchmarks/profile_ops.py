@@ -25,11 +25,11 @@ from benchmarks._harness import (  # noqa: F401
     device_name,
     git_sha,
     median_time,
-    meta_line,
     results_stem,
     run_meta,
     run_parser,
     split_choices,
+    table_head,
     write_results,
 )
 
@@ -47,17 +47,10 @@ def _row(r: dict) -> str:
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    lines = [
-        f"# Kernel profile: {meta['device']} ({meta['dtype']})",
-        "",
-        f"{meta_line(meta)} Times are medians in ms. "
-        "Speedups are of the fastest fused backend. GB/s counts the "
-        "minimal bytes the mode must move; % is of the copy bandwidth.",
-        "",
-        "| op | shape | mode | eager | compile | baseline | cpu | cuda | triton | best | vs eager | vs compile "
-        "| vs baseline | GB/s | % copy |",
-        "|" + "---|" * 15,
-    ]
+    lines = table_head(
+        f"Kernel profile ({meta['dtype']})", meta, "Times are medians in ms. Speedups are of the fastest fused "
+        "backend. GB/s counts the minimal bytes the mode must move; % is of the copy bandwidth.",
+        ["op", "shape", "mode", *REFS, *FUSED, "best", "vs eager", "vs compile", "vs baseline", "GB/s", "% copy"])
     lines += [_row(r) for r in rows]
     return "\n".join(lines) + "\n"
 

@@ -24,7 +24,7 @@ import os
 import torch
 
 import mdt_kernels as mk
-from benchmarks._harness import median_time, meta_line, run_meta, write_results
+from benchmarks._harness import median_time, run_meta, table_head, write_results
 from mdt.models import MODELS, build_model
 from mdt.sample import SAMPLERS, generate
 
@@ -79,13 +79,13 @@ def rows_for(name: str, args, device: torch.device) -> list[dict]:
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     a = meta["args"]
-    lines = [f"# Sampling speed: {meta['device']} ({meta['dtype']})", "",
-             f"{meta_line(meta)} One batch of {a['batch']} samples with classifier-free guidance "
-             f"(scale {a['cfg_scale']}: {2 * a['batch']} rows per model evaluation), {a['steps']} {a['sampler']} "
-             f"steps, {a['input_size']}x{a['input_size']}x{a['in_channels']} latents, {a['num_classes']} classes; "
-             f"median of {a['reps']} runs after one warm-up (compilation excluded).", "",
-             "| model | provider | s per batch | samples/s | vs reference | vs reference+compile | max abs diff |",
-             "|---|---|---|---|---|---|---|"]
+    lines = table_head(
+        f"Sampling speed ({meta['dtype']})", meta,
+        f"One batch of {a['batch']} samples with classifier-free guidance (scale {a['cfg_scale']}: {2 * a['batch']} "
+        f"rows per model evaluation), {a['steps']} {a['sampler']} steps, {a['input_size']}x{a['input_size']}x"
+        f"{a['in_channels']} latents, {a['num_classes']} classes; median of {a['reps']} runs after one warm-up "
+        "(compilation excluded).",
+        ["model", "provider", "s per batch", "samples/s", "vs reference", "vs reference+compile", "max abs diff"])
     for r in rows:
         lines.append(f"| {r['model']} | {r['provider']} | {r['seconds']:.2f} | {r['samples_per_s']:.2f} | "
                      f"{r['vs_reference']:.2f}x | {r['vs_reference_compile']:.2f}x | {r['max_diff']:.1e} |")

@@ -46,6 +46,12 @@ def backend_device_pairs(backends=FUSED) -> list:
     return params
 
 
+# The backends that take CPU tensors in every test environment (for checks of bad input): the unavailable
+# ones are reported as skipped with the reason.
+CPU_BACKENDS = [pytest.param(b, id=b, marks=[pytest.mark.skip(reason=why)] if why else [])
+                for b in ("reference", "cpu", "triton") for why in [mk._dispatch.unavailable_reason(b, "cpu")]]
+
+
 def op_namespace(backend: str):
     """Where the registered C++ op of ``backend`` lives: mdt_kernels_sim for cuda_sim (the CUDA bindings on
     CPU tensors), else mdt_kernels (cpu, cuda and the *_triton twins)."""

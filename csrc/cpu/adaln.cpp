@@ -34,18 +34,8 @@ adaln::Forward forward(const at::Tensor& x, const at::Tensor& gate, const at::Te
   const bool residual = gate.defined(), modulate = scale.defined();
   auto r = adaln::forward_outputs(x, residual, modulate);
   if (x.size(0) * x.size(1) == 0) return r;
-  cpu::AdalnFwdArgs a;
-  a.x = view(x);
-  a.gate = view(gate);
-  a.y = view(y);
-  a.shift = view(shift);
-  a.scale = view(scale);
-  a.eps = eps;
-  a.h = view(r.h);
-  a.out = view(r.out);
-  a.mean = view(r.mean);
-  a.rstd = view(r.rstd);
-  cpu::adaln_fwd()(a);
+  cpu::adaln_fwd()({.x = view(x), .gate = view(gate), .y = view(y), .shift = view(shift), .scale = view(scale),
+                     .eps = eps, .h = view(r.h), .out = view(r.out), .mean = view(r.mean), .rstd = view(r.rstd)});
   return r;
 }
 
@@ -61,19 +51,9 @@ adaln::Backward backward(const at::Tensor& g, const at::Tensor& gh, const at::Te
   const int64_t planes = (modulate ? 2 : 0) + (residual ? 1 : 0);
   const int64_t C = (N + cpu::kAdalnTokenChunk - 1) / cpu::kAdalnTokenChunk;
   const auto partial = at::empty({planes, B, C, D}, g.options().dtype(adaln::acc_dtype(g)));
-  cpu::AdalnBwdArgs a;
-  a.g = view(g);
-  a.gh = view(gh);
-  a.x = view(x);
-  a.scale = view(scale);
-  a.mean = view(mean);
-  a.rstd = view(rstd);
-  a.gate = view(gate);
-  a.y = view(y);
-  a.dx = view(r.dx);
-  a.dy = view(r.dy);
-  a.partial = view(partial);
-  cpu::adaln_bwd()(a);
+  cpu::adaln_bwd()({.g = view(g), .gh = view(gh), .x = view(x), .scale = view(scale), .mean = view(mean),
+                     .rstd = view(rstd), .gate = view(gate), .y = view(y), .dx = view(r.dx), .dy = view(r.dy),
+                     .partial = view(partial)});
   std::vector<cpu::View> sums;
   for (const auto* t : {&r.dshift, &r.dscale, &r.dgate})
     if (t->defined()) sums.push_back(view(*t));

@@ -2,6 +2,8 @@
 // then one block per output row. Backward: one thread per (n, d) loops over the batch in order.
 #include "unmask_tokens_kernels.h"
 
+#include <algorithm>
+
 namespace mdt {
 namespace {
 
@@ -34,23 +36,24 @@ template <typename T, typename A>
 __global__ void unmask_backward_kernel(const T* __restrict__ grad, const int32_t* __restrict__ inv, T* __restrict__ dxk,
                                        A* __restrict__ mask_partial, T* __restrict__ dpos, int64_t B, int64_t N,
                                        int64_t K, int64_t D) {
-  const int64_t n = blockIdx.y;
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= D) return;
-  A mask_acc = 0, pos_acc = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t row = b * N + n;
-    const T g = grad[row * D + d];
-    const int32_t k = inv[row];
-    if (k >= 0) {
-      dxk[(b * K + k) * D + d] = g;
-    } else {
-      mask_acc += to_acc(g);
+  for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {  // grid.y is capped at 65535: blocks stride over tokens
+    A mask_acc = 0, pos_acc = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = b * N + n;
+      const T g = grad[row * D + d];
+      const int32_t k = inv[row];
+      if (k >= 0) {
+        dxk[(b * K + k) * D + d] = g;
+      } else {
+        mask_acc += to_acc(g);
+      }
+      pos_acc += to_acc(g);
     }
-    pos_acc += to_acc(g);
+    mask_partial[n * D + d] = mask_acc;
+    if (dpos != nullptr) dpos[n * D + d] = from_acc<T>(pos_acc);
   }
-  mask_partial[n * D + d] = mask_acc;
-  if (dpos != nullptr) dpos[n * D + d] = from_acc<T>(pos_acc);
 }
 
 template <typename T, typename A>
@@ -92,9 +95,11 @@ cudaError_t launch_unmask_tokens_backward(const UnmaskTokensBwdArgs<T>& a, cudaS
   if (D == 0) return cudaSuccess;
   cudaError_t err = build_inverse_map(a.ids, a.inv, B, N, K, stream);
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>(cdiv(D, kThreads)), static_cast<unsigned>(N));
+  constexpr int64_t kMaxGridY = 65535;  // CUDA's limit on grid.y
+  const int threads = threads_for(D);
+  const dim3 grid(static_cast<unsigned>(cdiv(D, threads)), static_cast<unsigned>(std::min(N, kMaxGridY)));
   if (N > 0) {
-    MDT_LAUNCH(grid, kThreads, 0, stream, unmask_backward_kernel<T, A>)(a.grad, a.inv, a.d_x_kept, a.mask_partial,
+    MDT_LAUNCH(grid, threads, 0, stream, unmask_backward_kernel<T, A>)(a.grad, a.inv, a.d_x_kept, a.mask_partial,
                                                                          a.d_pos, B, N, K, D);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import (
+    CPU_BACKENDS,
     DTYPES,
     MOD_LAYOUTS,
     assert_close,
@@ -343,11 +344,9 @@ BAD = {
 BAD_CASES = [pytest.param(VARIANTS[op], *case, id=f"{op}-{case[0]}") for op, cases in BAD.items() for case in cases]
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("v,case,mutate,exc,match", BAD_CASES)
 def test_bad_input_raises(backend, v, case, mutate, exc, match):
-    if mk._dispatch.unavailable_reason(backend, "cpu"):
-        pytest.skip(mk._dispatch.unavailable_reason(backend, "cpu"))
     inputs, _ = make(v, 2, 6, 5, torch.float32, "cpu")
     with mk.use_backend(backend), pytest.raises(exc, match=match):
         v.public(*mutate(*inputs))

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import (
+    CPU_BACKENDS,
     DTYPES,
     LINEAR_BAD_INPUTS,
     LINEAR_SHAPES,
@@ -290,11 +291,9 @@ def test_torch_compile_fullgraph(backend, device):
 BAD = LINEAR_BAD_INPUTS
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case,mutate,exc,match", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_raises(backend, case, mutate, exc, match):
-    if mk._dispatch.unavailable_reason(backend, "cpu"):
-        pytest.skip(mk._dispatch.unavailable_reason(backend, "cpu"))
     (x, w, b), _ = make((4, 5), 3, torch.float32, "cpu")
     with mk.use_backend(backend), pytest.raises(exc, match=match):
         mk.linear_gelu(*mutate(x, w, b))

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from helpers import (
+    CPU_BACKENDS,
     DTYPES,
     as_float64,
     assert_close,
@@ -161,11 +162,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case,mutate,exc,match", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_raises(backend, case, mutate, exc, match):
-    if mk._dispatch.unavailable_reason(backend, "cpu"):
-        pytest.skip(mk._dispatch.unavailable_reason(backend, "cpu"))
     table, ids = make(4, 3, 2, 5, torch.float32, "cpu")
     a = mutate(dict(table=table, ids=ids, G=4))
     with mk.use_backend(backend), pytest.raises(exc, match=match):
