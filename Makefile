@@ -31,14 +31,16 @@ test: build
 # The cuda_sim tests (the CUDA kernels and bindings on the host execution layer csrc/simt) under
 # AddressSanitizer + UBSan (out-of-bounds global and shared memory, undefined behaviour), and with the layer's
 # shared-memory race check: builds mdt_kernels._C_sim_asan (objects in build/asan) and runs them with libasan
-# preloaded into Python.
+# preloaded into Python, and libstdc++ with it (else ASan's __cxa_throw interceptor finds no real one, as
+# Python itself does not link libstdc++, and the first C++ exception aborts). --capture=sys: a sanitizer's
+# report (written to fd 2 just before it aborts) reaches the terminal instead of pytest's lost capture.
 SANITIZE_TESTS ?= tests/ops tests/test_simt.py
 test-sanitize: venv
 	MDT_KERNELS_SIM_SANITIZE=1 MAX_JOBS=$${MAX_JOBS:-2} $(VPY) setup.py build_ext --inplace --build-temp build/asan
-	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 MDT_KERNELS_SIM=asan SIMT_RACECHECK=1 \
-		$(VPY) -m pytest -q -p no:cacheprovider -k cuda_sim $(SANITIZE_TESTS)
+		$(VPY) -m pytest -q --capture=sys -p no:cacheprovider -k cuda_sim $(SANITIZE_TESTS)
 
 # The default job: a small MDTv2 on scikit-learn's 8x8 digits, on this machine's CPU (or its GPU).
 # Writes $(TRAIN_OUT)/{checkpoints/,metrics.jsonl,loss.png,samples.png,eval.json}. Running it again

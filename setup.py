@@ -188,7 +188,9 @@ class _BuildExt(BuildExtension.with_options(use_ninja=True)):
 
         out_dir = os.path.join(self.build_temp, "simt", ext.name)
         os.makedirs(out_dir, exist_ok=True)
+        # The generated wrappers only #include their .cu file: an edited kernel must count as a changed input.
         headers = glob.glob(os.path.join(HERE, "csrc", "**", "*.h*"), recursive=True)
+        headers += glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))
         newest_header = max(os.path.getmtime(h) for h in headers)
         cxx = sysconfig.get_config_var("CXX") or "c++"
         cxx = os.environ.get("CXX", cxx.split()[0])
