@@ -29,8 +29,9 @@ test: build
 	$(VPY) -m pytest -q
 
 # The cuda_sim tests (the CUDA kernels and bindings on the host execution layer csrc/simt) under
-# AddressSanitizer + UBSan (out-of-bounds global and shared memory, undefined behaviour), and with the layer's
-# shared-memory race check: builds mdt_kernels._C_sim_asan (objects in build/asan) and runs them with libasan
+# AddressSanitizer + UBSan (out-of-bounds global and shared memory, undefined behaviour; the shared-memory race
+# check runs in `make test`'s plain cuda_sim build, which -fsanitize=thread instrumentation cannot share with
+# ASan): builds mdt_kernels._C_sim_asan (objects in build/asan) and runs them with libasan
 # preloaded into Python, and libstdc++ with it (else ASan's __cxa_throw interceptor finds no real one, as
 # Python itself does not link libstdc++, and the first C++ exception aborts). --capture=sys: a sanitizer's
 # report (written to fd 2 just before it aborts) reaches the terminal instead of pytest's lost capture.
