@@ -19,11 +19,9 @@ import pkgutil
 import torch
 
 from benchmarks import cases as cases_pkg
-from benchmarks._harness import (  # noqa: F401
+from benchmarks._harness import (
     MODES,
     SHAPES,
-    device_name,
-    git_sha,
     median_time,
     results_stem,
     run_meta,

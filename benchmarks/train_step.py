@@ -56,8 +56,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
 import mdt_kernels as mk
-from benchmarks._harness import sync, write_results
-from benchmarks.profile_ops import device_name, git_sha
+from benchmarks._harness import device_name, git_sha, sync, write_results
 from mdt.models import MODELS
 from mdt.train_step import PRECISIONS, TrainConfig, build_train_step, model_config
 

@@ -46,10 +46,15 @@ def backend_device_pairs(backends=FUSED) -> list:
     return params
 
 
-# The backends that take CPU tensors in every test environment (for checks of bad input): the unavailable
-# ones are reported as skipped with the reason.
-CPU_BACKENDS = [pytest.param(b, id=b, marks=[pytest.mark.skip(reason=why)] if why else [])
-                for b in ("reference", "cpu", "triton") for why in [mk._dispatch.unavailable_reason(b, "cpu")]]
+def cpu_params(backends) -> list:
+    """pytest params for backends run on CPU tensors; one that cannot run here is reported as skipped with
+    the reason."""
+    return [pytest.param(b, id=b, marks=[pytest.mark.skip(reason=why)] if why else [])
+            for b in backends for why in [mk._dispatch.unavailable_reason(b, "cpu")]]
+
+
+# The backends that take CPU tensors in every test environment (for checks of bad input).
+CPU_BACKENDS = cpu_params(("reference", "cpu", "triton"))
 
 
 def op_namespace(backend: str):
@@ -61,11 +66,7 @@ def op_namespace(backend: str):
 def compiled_backends() -> list:
     """pytest params for the backends whose registered C++ ops take CPU tensors when called directly: cpu
     (mdt_kernels::*) and cuda_sim (mdt_kernels_sim::*, the CUDA bindings and kernels)."""
-    params = []
-    for b in ("cpu", SIM):
-        why = mk._dispatch.unavailable_reason(b, "cpu")
-        params.append(pytest.param(b, marks=[pytest.mark.skip(reason=why)] if why else [], id=b))
-    return params
+    return cpu_params(("cpu", SIM))
 
 
 def device_check_error(backend: str) -> tuple[type, str]:
