@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, next_power_of_2, tl
-from ._register import expect, expect_float, register_op
+from ._register import expect, expect_float, register_inference, register_op
 from .masked_rel_pos_bias import check_table, expect_rel_pos, masked_rel_pos_bias_ref
 
 _dispatch.declare_kernels("rel_pos_attention", cpu=("cpu", "triton"), cuda=("triton",))
@@ -178,6 +178,15 @@ def _blocks(K: int, Dh: int) -> dict:
     return dict(BLOCK_M=block_size(K, 32), BLOCK_N=block_size(K, 64), BLOCK_D=max(16, next_power_of_2(Dh)))
 
 
+def _bwd_stages(blocks: dict, itemsize: int) -> int:
+    """Software-pipeline depth of the backward kernels: Triton's default 3 up to 256 B of a row of
+    head features per tile, fewer beyond. The dq kernel's buffers grow with stages x BLOCK_D x itemsize: with
+    3 stages, fp32 and BLOCK_D = 128 (XL/2's Dh = 72) it needs 172032 B of shared memory, over the A100's
+    166912 B per block (benchmarks.triton_aot), and would not launch there; 2 stages need 114688 B."""
+    row = blocks["BLOCK_D"] * itemsize
+    return 3 if row <= 256 else 2 if row <= 512 else 1
+
+
 @torch.library.custom_op("mdt_kernels::rel_pos_attention_triton", mutates_args=())
 def rel_pos_attention_triton(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, ids_keep: torch.Tensor,
                              scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,10 +215,12 @@ def rel_pos_attention_backward_triton(grad_out: torch.Tensor, qkv: torch.Tensor,
         blocks = _blocks(K, Dh)
         scale_t = torch.full((), scale, dtype=probs.dtype, device=qkv.device)
         delta = probs.new_empty((B, H, K))
+        stages = _bwd_stages(blocks, qkv.element_size())
         _attn_bwd_dq_kernel[(B * H, cdiv(K, blocks["BLOCK_M"]))](
-            grad, qkv, probs, ids, scale_t, d_qkv, d_table, delta, H, K, Dh, grid_size, *qkv.stride(), **blocks)
+            grad, qkv, probs, ids, scale_t, d_qkv, d_table, delta, H, K, Dh, grid_size, *qkv.stride(), **blocks,
+            num_stages=stages)
         _attn_bwd_dkv_kernel[(B * H, cdiv(K, blocks["BLOCK_N"]))](
-            grad, qkv, probs, scale_t, d_qkv, delta, H, K, Dh, *qkv.stride(), **blocks)
+            grad, qkv, probs, scale_t, d_qkv, delta, H, K, Dh, *qkv.stride(), **blocks, num_stages=stages)
     return d_qkv, d_table
 
 
@@ -263,10 +274,13 @@ register_op("rel_pos_attention", fake_forward=_fake_forward, fake_backward=_fake
 
 
 def _compiled(qkv, table, grid_size, ids_keep, scale):
-    return torch.ops.mdt_kernels.rel_pos_attention(qkv, table, grid_size, ids_keep, scale)
+    return torch.ops.mdt_kernels.rel_pos_attention(qkv, table, grid_size, ids_keep, scale)[0]
 
 
-IMPLS = {"cpu": _compiled, "triton": rel_pos_attention_triton}
+# Under no_grad / inference_mode the CPU backend runs rel_pos_attention_inference, which keeps each
+# (b, h) block of probabilities in a per-thread buffer instead of returning the (B, H, K, K) tensor.
+_cpu = register_inference("rel_pos_attention", lambda *a: _fake_forward(*a)[0], _compiled)
+IMPLS = {"cpu": _cpu, "triton": lambda *a: rel_pos_attention_triton(*a)[0]}  # each returns out
 
 # ---------------------------------------------------------------------------------------------------
 # Public function
@@ -314,5 +328,4 @@ def rel_pos_attention(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, id
         return rel_pos_attention_ref(qkv, table, grid_size, ids_keep, float(scale))
     if ids_keep is None:  # the full grid is the all-tokens-kept case of the same kernel
         ids_keep = torch.arange(K, device=qkv.device).expand(B, K)
-    out, _ = IMPLS[backend](qkv, table, grid_size, ids_keep, float(scale))
-    return out
+    return IMPLS[backend](qkv, table, grid_size, ids_keep, float(scale))
