@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 
 import torch
 
@@ -53,23 +54,33 @@ def provider_model(model: torch.nn.Module, provider: str) -> torch.nn.Module:
 
 
 def rows_for(name: str, args, device: torch.device) -> list[dict]:
+    """Each provider's samples and median time per batch. The providers take turns, one timed batch each per
+    round (after one warm-up batch each, which also compiles): a shared machine's slow drift then lands on
+    every provider alike instead of on whichever ran last."""
     model = perturbed_model(name, args.input_size, args.in_channels, args.num_classes, device)
     labels = torch.arange(args.batch) % args.num_classes
     kw = dict(sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, seed=0, batch_size=args.batch)
-    rows, reference = [], None
-    for provider in args.providers:
-        m = provider_model(model, provider)
+    models = {provider: provider_model(model, provider) for provider in args.providers}
+
+    def run(provider):
         with mk.use_backend("reference" if provider.startswith("reference") else "auto"), torch.autocast(
                 device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            samples = generate(m, labels, **kw)
-            seconds = median_time(lambda m=m: generate(m, labels, **kw), device, min_time=0, min_reps=args.reps,
-                                  warmup=1)
-        reference = samples if reference is None else reference
-        diff = (samples.float() - reference.float()).abs().max().item()
+            return generate(models[provider], labels, **kw)
+
+    samples = {provider: run(provider) for provider in args.providers}  # warm-up
+    times: dict[str, list[float]] = {provider: [] for provider in args.providers}
+    for _ in range(args.reps):
+        for provider in args.providers:
+            times[provider].append(median_time(lambda p=provider: run(p), device, min_time=0, min_reps=1, warmup=0))
+    rows, reference = [], samples[args.providers[0]]
+    for provider in args.providers:
+        seconds = statistics.median(times[provider])
+        diff = (samples[provider].float() - reference.float()).abs().max().item()
         rows.append(dict(model=name, provider=provider, seconds=seconds, samples_per_s=args.batch / seconds,
-                         max_diff=diff))
-        print(f"  {name} {provider}: {seconds:.2f} s per batch of {args.batch}, {args.batch / seconds:.2f} samples/s, "
-              f"max |diff| vs reference {diff:.2e}", flush=True)
+                         max_diff=diff, times=times[provider]))
+        print(f"  {name} {provider}: {seconds:.2f} s per batch of {args.batch} (runs: "
+              f"{', '.join(f'{t:.2f}' for t in times[provider])}), {args.batch / seconds:.2f} samples/s, "
+              f"max |diff| vs {args.providers[0]} {diff:.2e}", flush=True)
     base = {r["provider"]: r["seconds"] for r in rows}
     for r in rows:
         r["vs_reference"] = base.get("reference", float("nan")) / r["seconds"]
@@ -84,7 +95,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"One batch of {a['batch']} samples with classifier-free guidance (scale {a['cfg_scale']}: {2 * a['batch']} "
         f"rows per model evaluation), {a['steps']} {a['sampler']} steps, {a['input_size']}x{a['input_size']}x"
         f"{a['in_channels']} latents, {a['num_classes']} classes; median of {a['reps']} runs after one warm-up "
-        "(compilation excluded).",
+        "(compilation excluded), the providers taking turns run by run.",
         ["model", "provider", "s per batch", "samples/s", "vs reference", "vs reference+compile", "max abs diff"])
     for r in rows:
         lines.append(f"| {r['model']} | {r['provider']} | {r['seconds']:.2f} | {r['samples_per_s']:.2f} | "

@@ -65,6 +65,9 @@ def add_arguments(parser):
     parser.add_argument("--fid", metavar="REF", default=None,
                         help="compute FID and IS of SAMPLES.npz against REF (ADM reference .npz with mu/sigma, an "
                              ".npz of pictures, or a folder of pictures)")
+    parser.add_argument("--prec-recall", action="store_true",
+                        help="with --fid: also precision and recall (k = 3, as ADM's evaluator) against the "
+                             "reference pictures, whose features are then computed")
     parser.add_argument("--inception-weights", default=None,
                         help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth; unset: "
                              "$MDT_INCEPTION_WEIGHTS, else the cache folder (downloaded there if possible)")
@@ -80,10 +83,13 @@ def run_fid(args):
     device = torch.device(args.device or default_device())
     net = fid.load_inception(args.inception_weights, device)
     report = {"kind": "fid", "samples": args.samples,
-              **fid.fid_report(pictures, args.fid, net, args.batch_size, device, progress=sys.stderr.isatty())}
+              **fid.fid_report(pictures, args.fid, net, args.batch_size, device, progress=sys.stderr.isatty(),
+                               prec_recall=args.prec_recall)}
     line = f"FID {report['fid']:.4f} of {report['n']} samples against {report['reference']}"
     if "is" in report:
         line += f"; Inception Score {report['is']:.3f} +- {report['is_std']:.3f}"
+    if "precision" in report:
+        line += f"; precision {report['precision']:.4f}, recall {report['recall']:.4f}"
     print(line)
     out = args.out or os.path.splitext(args.samples)[0] + ".eval.json"
     with open(out, "w") as f:
@@ -99,6 +105,8 @@ def run(args):
         if args.checkpoint is not None:
             raise UsageError("--fid evaluates a SAMPLES.npz; sample the checkpoint with `mdt sample` first")
         return run_fid(args)
+    if args.prec_recall:
+        raise UsageError("--prec-recall goes with --fid REF (the reference pictures)")
     if args.checkpoint is not None:
         model, info = load_model(args.checkpoint, weights=args.weights, device=args.device or default_device())
         if (info["in_channels"], info["input_size"], info["num_classes"]) != (1, 8, 10) or info.get("vae"):

@@ -1,9 +1,10 @@
-"""FID and Inception Score in PyTorch, with the Inception-v3 that reproduces the TensorFlow numbers.
+"""FID, Inception Score, precision and recall in PyTorch, with the Inception-v3 that reproduces the TensorFlow numbers.
 
 The network is torch-fidelity's FeatureExtractorInceptionV3: the 2015-12-05 TensorFlow Inception graph of the
 FID/IS papers and of OpenAI's ADM evaluator, ported with TensorFlow 1.x's bilinear resize to 299x299, fed uint8
 RGB pictures. FID uses its 2048 pool-3 features, IS the softmax of its unbiased logits (10 splits), as
-torch-fidelity computes them. torch-fidelity's package imports torchvision, which has no wheel for our torch
+torch-fidelity computes them; precision/recall the k = 3 nearest-neighbour balls of the pool-3 features, as
+ADM's evaluator computes them. torch-fidelity's package imports torchvision, which has no wheel for our torch
 pin; only its Inception module is loaded here (it needs torch alone). Its weights file
 (weights-inception-2015-12-05-6726825d.pth) is read from --inception-weights, $MDT_INCEPTION_WEIGHTS or the
 cache folder, or downloaded there where a network exists.
@@ -28,6 +29,8 @@ INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.
 INCEPTION_FILE = os.path.basename(INCEPTION_URL)
 WEIGHTS_ENV = "MDT_INCEPTION_WEIGHTS"
 IS_SPLITS = 10
+PR_NEIGHBOURS = 3  # k of the k-NN manifold estimate of precision/recall (ADM's evaluator)
+EXACT = "donot_use_mm_for_euclid_dist"  # cdist: differences, not the |a|^2 + |b|^2 - 2ab expansion
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -164,6 +167,31 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def knn_radii(features: np.ndarray, k: int = PR_NEIGHBOURS, batch: int = 5000) -> np.ndarray:
+    """Distance from each row to its k-th nearest other row (the radius of its ball in the manifold estimate)."""
+    x = torch.from_numpy(np.asarray(features, np.float64))
+    if len(x) <= k:
+        raise InputError(f"precision/recall with k = {k} needs more than {k} pictures per set, got {len(x)}")
+    # k + 1: the row itself is the nearest, at 0
+    return torch.cat([torch.cdist(x[i:i + batch], x, compute_mode=EXACT).kthvalue(k + 1, dim=1).values
+                      for i in range(0, len(x), batch)]).numpy()
+
+
+def manifold_coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, batch: int = 5000) -> float:
+    """Fraction of `points` inside at least one ball (centre, radius)."""
+    p, c = torch.from_numpy(np.asarray(points, np.float64)), torch.from_numpy(np.asarray(centres, np.float64))
+    r = torch.from_numpy(np.asarray(radii, np.float64))
+    inside = [(torch.cdist(p[i:i + batch], c, compute_mode=EXACT) <= r).any(dim=1) for i in range(0, len(p), batch)]
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019), as ADM's evaluator computes them on the pool
+    features: precision is the fraction of samples inside the k-NN balls of the reference set, recall the
+    fraction of reference pictures inside those of the samples."""
+    return (manifold_coverage(fake, real, knn_radii(real, k)), manifold_coverage(real, fake, knn_radii(fake, k)))
+
+
 def inception_score(logits: np.ndarray, splits: int = IS_SPLITS) -> tuple[float, float]:
     """(mean, std) over `splits` equal parts of exp(E_x KL(p(y|x) || p(y))), p(y|x) = softmax(logits)."""
     logits = torch.from_numpy(np.asarray(logits, np.float64))
@@ -200,36 +228,48 @@ def read_image_folder(folder: str) -> np.ndarray:
     return np.stack(arrays)
 
 
-def reference_stats(ref: str, features_of) -> tuple[np.ndarray, np.ndarray, str]:
-    """(mu, sigma, what) of a reference: an .npz with mu/sigma (the ADM reference batches hold them, computed by
-    the TensorFlow graph), an .npz of pictures (arr_0), or a folder of pictures. features_of(uint8 NHWC) ->
-    features."""
+def reference_features(ref: str, features_of, need_features: bool = False):
+    """(mu, sigma, features or None, what) of a reference: an .npz with mu/sigma (the ADM reference batches hold
+    them, computed by the TensorFlow graph, next to their pictures), an .npz of pictures (arr_0), or a folder of
+    pictures. features_of(uint8 NHWC) -> features. need_features: the reference pictures' features are
+    computed (precision/recall), also where mu/sigma are stored."""
     from .sample import read_samples
 
     if os.path.isdir(ref):
         pictures = read_image_folder(ref)
-        return (*feature_stats(features_of(pictures)), f"{len(pictures)} pictures of {ref}")
+        feats = features_of(pictures)
+        return (*feature_stats(feats), feats, f"{len(pictures)} pictures of {ref}")
     if not os.path.isfile(ref):
         raise MissingInputError(f"reference {ref!r} does not exist (give an .npz or a folder of pictures)")
     with np.load(ref, allow_pickle=False) as f:
-        if "mu" in f.files and "sigma" in f.files:
-            return f["mu"].astype(np.float64), f["sigma"].astype(np.float64), f"mu/sigma of {ref}"
+        stored = "mu" in f.files and "sigma" in f.files
+        if stored and not need_features:
+            return f["mu"].astype(np.float64), f["sigma"].astype(np.float64), None, f"mu/sigma of {ref}"
+        if stored and "arr_0" not in f.files:
+            raise InputError(f"precision/recall need the reference pictures; {ref!r} holds only mu/sigma")
+        mu_sigma = (f["mu"].astype(np.float64), f["sigma"].astype(np.float64)) if stored else None
     pictures, _ = read_samples(ref)
-    return (*feature_stats(features_of(pictures)), f"{len(pictures)} pictures of {ref}")
+    feats = features_of(pictures)
+    mu, sigma = mu_sigma or feature_stats(feats)
+    return mu, sigma, feats, (f"mu/sigma and {len(pictures)} pictures of {ref}" if stored
+                              else f"{len(pictures)} pictures of {ref}")
 
 
 def fid_report(samples: np.ndarray, ref: str, net, batch_size: int = 100, device="cpu",
-               progress: bool = False) -> dict:
-    """FID of uint8 samples (n, H, W, C) against `ref`, and their Inception Score."""
+               progress: bool = False, prec_recall: bool = False) -> dict:
+    """FID of uint8 samples (n, H, W, C) against `ref`, their Inception Score, and with prec_recall their
+    precision and recall against the reference pictures."""
     def features_of(pictures):
         return inception_outputs(net, pictures, batch_size, device, progress)[0]
 
     feats, logits = inception_outputs(net, samples, batch_size, device, progress)
     mu, sigma = feature_stats(feats)
-    mu_ref, sigma_ref, what = reference_stats(ref, features_of)
+    mu_ref, sigma_ref, feats_ref, what = reference_features(ref, features_of, need_features=prec_recall)
     if mu_ref.shape != mu.shape:
         raise InputError(f"the reference statistics have {mu_ref.shape[0]} features, the network gives {mu.shape[0]}")
     report = {"fid": frechet_distance(mu, sigma, mu_ref, sigma_ref), "n": int(len(samples)), "reference": what}
     if len(samples) >= IS_SPLITS:
         report["is"], report["is_std"] = inception_score(logits)
+    if prec_recall:
+        report["precision"], report["recall"] = precision_recall(feats_ref, feats)
     return report

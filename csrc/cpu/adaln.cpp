@@ -4,7 +4,8 @@
 //   adaln_modulate:           out = LayerNorm_no_affine(x) * (1 + scale[b]) + shift[b]
 //   residual_adaln_modulate:  h = x + gate[b] * y, out = adaln_modulate(h); the statistics are taken from
 //                             h as stored (rounded to its dtype), so the result equals the two ops in turn.
-// The per-row mean and rstd (acc_t, (B,N)) are returned for the backward.
+// The per-row mean and rstd (acc_t, (B,N)) are returned for the backward; the inference forms
+// (adaln_modulate_inference, residual_adaln_modulate_inference, for sampling under no_grad) keep none.
 //
 // Backward, with g = dout, gh = dh from the residual stream (may be absent), hhat = (h - mean) * rstd,
 // a = 1 + scale[b]:
@@ -30,9 +31,9 @@ using cpu::view;
 
 // The parts whose inputs are defined: residual (gate, y), modulate (shift, scale). x and y contiguous.
 adaln::Forward forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y, const at::Tensor& shift,
-                       const at::Tensor& scale, double eps) {
+                       const at::Tensor& scale, double eps, bool keep_stats = true) {
   const bool residual = gate.defined(), modulate = scale.defined();
-  auto r = adaln::forward_outputs(x, residual, modulate);
+  auto r = adaln::forward_outputs(x, residual, modulate, keep_stats);
   if (x.size(0) * x.size(1) == 0) return r;
   cpu::adaln_fwd()({.x = view(x), .gate = view(gate), .y = view(y), .shift = view(shift), .scale = view(scale),
                      .eps = eps, .h = view(r.h), .out = view(r.out), .mean = view(r.mean), .rstd = view(r.rstd)});
@@ -79,6 +80,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaln_modulate_backward_cpu(const
   return {r.dx, r.dshift, r.dscale};
 }
 
+at::Tensor adaln_modulate_inference_cpu(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
+                                        double eps) {
+  adaln::check_adaln_modulate(x, shift, scale);
+  TORCH_CHECK_VALUE(eps >= 0, "eps must be >= 0, got ", eps);
+  return forward(x.contiguous(), {}, {}, shift, scale, eps, /*keep_stats=*/false).out;
+}
+
 at::Tensor gated_residual_cpu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& y) {
   adaln::check_gated_residual(x, gate, y);
   return forward(x.contiguous(), gate, y.contiguous(), {}, {}, 0.0).out;
@@ -101,6 +109,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_adaln_modula
   return {r.h, r.out, r.mean, r.rstd};
 }
 
+// -> (h, out)
+std::tuple<at::Tensor, at::Tensor> residual_adaln_modulate_inference_cpu(const at::Tensor& x, const at::Tensor& gate,
+                                                                         const at::Tensor& y, const at::Tensor& shift,
+                                                                         const at::Tensor& scale, double eps) {
+  adaln::check_residual_adaln_modulate(x, gate, y, shift, scale);
+  TORCH_CHECK_VALUE(eps >= 0, "eps must be >= 0, got ", eps);
+  auto r = forward(x.contiguous(), gate, y.contiguous(), shift, scale, eps, /*keep_stats=*/false);
+  return {r.h, r.out};
+}
+
 // -> (dx, dgate, dy, dshift, dscale)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_adaln_modulate_backward_cpu(
     const std::optional<at::Tensor>& grad_h, const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& y,
@@ -116,10 +134,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_
 
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("adaln_modulate", &adaln_modulate_cpu);
+  m.impl("adaln_modulate_inference", &adaln_modulate_inference_cpu);
   m.impl("adaln_modulate_backward", &adaln_modulate_backward_cpu);
   m.impl("gated_residual", &gated_residual_cpu);
   m.impl("gated_residual_backward", &gated_residual_backward_cpu);
   m.impl("residual_adaln_modulate", &residual_adaln_modulate_cpu);
+  m.impl("residual_adaln_modulate_inference", &residual_adaln_modulate_inference_cpu);
   m.impl("residual_adaln_modulate_backward", &residual_adaln_modulate_backward_cpu);
 }
 

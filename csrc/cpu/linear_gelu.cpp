@@ -4,7 +4,8 @@
 // pass. Here: h = x W^T (one GEMM on the engine of gemm.h, no bias copy), then one pass
 // y = GELU(h + b) that computes tanh with the vectorised fast::tanh; backward is one pass
 // dh = g * GELU'(h + b) that also accumulates db, then the two GEMMs dx = dh W (gemm.h's engine) and
-// dW = dh^T x (at::mm). h (without b) is saved for the backward, as PyTorch saves the GELU input.
+// dW = dh^T x (at::mm). h (without b) is saved for the backward, as PyTorch saves the GELU input; the
+// inference form (linear_gelu_inference, for sampling under no_grad) keeps no h: GELU runs in place.
 // db: rows are split in fixed chunks of kRowChunk, each with its own acc_t partial, added in chunk order:
 // deterministic for any thread count.
 #include <torch/library.h>
@@ -33,6 +34,16 @@ std::tuple<at::Tensor, at::Tensor> linear_gelu_cpu(const at::Tensor& x, const at
     cpu::linear_gelu_fwd()(view(h), view(b), view(y));
   }
   return {y.view(linear_out_shape(x, weight.size(0))), h};
+}
+
+at::Tensor linear_gelu_inference_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  check_linear_gelu(x, weight, bias);
+  auto y = gemm::linear(linear_as_rows(x), weight, std::nullopt);  // (M, Dout), no bias
+  const auto b = bias.contiguous();
+  if (y.numel() > 0) {
+    cpu::linear_gelu_fwd()(view(y), view(b), view(y));  // in place: each row is read whole before it is written
+  }
+  return y.view(linear_out_shape(x, weight.size(0)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
@@ -67,6 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cpu(const at
 
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("linear_gelu", &linear_gelu_cpu);
+  m.impl("linear_gelu_inference", &linear_gelu_inference_cpu);
   m.impl("linear_gelu_backward", &linear_gelu_backward_cpu);
 }
 

@@ -8,6 +8,8 @@
 // task per (b, h) does, with its K x K block in cache (the row passes: vec/rel_pos_attention.cpp, compiled
 // per instruction set):
 //   forward:  S = q k^T (BLAS), one pass  P = softmax(S * scale + bias)  (P saved for backward), O = P v.
+//             The inference form (rel_pos_attention_inference, for sampling under no_grad) keeps P in a
+//             per-thread K x K buffer instead of the (B,H,K,K) tensor the backward would read.
 //   backward: dP = dO v^T, dv = P^T dO, one pass  dS = P * (dP - rowsum(P * dP))  that also adds dS into
 //             this task's slice of the table gradient, dq = scale * dS k, dk = scale * dS^T q.
 // Bias index: idx(p,q) = A(p) - L(q), offsets from rel_pos_offsets.h.
@@ -80,20 +82,20 @@ at::Tensor compute_qkv(const at::Tensor& qkv) {
 
 template <typename T>
 void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const RelPosOffsets& off, T scale,
-                    at::Tensor& out, at::Tensor& probs) {
+                    at::Tensor& out, T* pr /* (B,H,K,K), or null: inference, P stays per thread */) {
   const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4), R = tableT.size(1);
   const int64_t sB = qkv.stride(0), sK = qkv.stride(1), s3 = qkv.stride(2), sH = qkv.stride(3);
   const T* base = qkv.const_data_ptr<T>();
   const T* tab = tableT.const_data_ptr<T>();
   T* o = out.data_ptr<T>();  // (B, K, H, Dh) contiguous
-  T* pr = probs.data_ptr<T>();
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(pr == nullptr ? static_cast<size_t>(K * K) : 0);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const T* q = base + b * sB + h * sH;
       const T* k = q + s3;
       const T* v = q + 2 * s3;
-      T* P = pr + bh * K * K;
+      T* P = pr != nullptr ? pr + bh * K * K : scratch.data();
       gemm_rm<T>(false, true, K, K, Dh, T(1), q, sK, k, sK, T(0), P, K);  // S = q k^T
       cpu::rel_pos_softmax<T>()(P, K, tab + h * R, off.A.data() + b * K, off.L.data() + b * K, scale);
       gemm_rm<T>(false, false, K, Dh, K, T(1), P, K, v, sK, T(0), o + b * K * H * Dh + h * Dh, H * Dh);  // O = P v
@@ -133,8 +135,9 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& qkv, const at::Te
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> rel_pos_attention_cpu(const at::Tensor& qkv_in, const at::Tensor& table,
-                                                         int64_t grid_size, const at::Tensor& ids_in, double scale) {
+// -> (out, probs); probs undefined when keep_probs is false (inference).
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& qkv_in, const at::Tensor& table, int64_t grid_size,
+                                           const at::Tensor& ids_in, double scale, bool keep_probs) {
   check_rel_pos_attention(qkv_in, table, grid_size, ids_in);
   check_blas();
   const auto ids = ids_in.contiguous();
@@ -142,16 +145,27 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_attention_cpu(const at::Tensor& qkv_i
   const auto qkv = compute_qkv(qkv_in);
   const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4);
   auto out = at::empty({B, K, H, Dh}, qkv.options());
-  auto probs = at::empty({B, H, K, K}, qkv.options());
+  auto probs = keep_probs ? at::empty({B, H, K, K}, qkv.options()) : at::Tensor();
   if (out.numel() > 0) {
     const auto tableT = table.t().to(qkv.scalar_type()).contiguous();  // (H, R)
     const auto off = rel_pos_offsets(ids, grid_size);
     if (qkv.scalar_type() == at::kDouble)
-      forward_kernel<double>(qkv, tableT, off, scale, out, probs);
+      forward_kernel<double>(qkv, tableT, off, scale, out, keep_probs ? probs.data_ptr<double>() : nullptr);
     else
-      forward_kernel<float>(qkv, tableT, off, static_cast<float>(scale), out, probs);
+      forward_kernel<float>(qkv, tableT, off, static_cast<float>(scale), out,
+                            keep_probs ? probs.data_ptr<float>() : nullptr);
   }
   return {out.to(qkv_in.scalar_type()), probs};
+}
+
+std::tuple<at::Tensor, at::Tensor> rel_pos_attention_cpu(const at::Tensor& qkv, const at::Tensor& table,
+                                                         int64_t grid_size, const at::Tensor& ids, double scale) {
+  return forward(qkv, table, grid_size, ids, scale, /*keep_probs=*/true);
+}
+
+at::Tensor rel_pos_attention_inference_cpu(const at::Tensor& qkv, const at::Tensor& table, int64_t grid_size,
+                                           const at::Tensor& ids, double scale) {
+  return std::get<0>(forward(qkv, table, grid_size, ids, scale, /*keep_probs=*/false));
 }
 
 std::tuple<at::Tensor, at::Tensor> rel_pos_attention_backward_cpu(const at::Tensor& grad_in, const at::Tensor& qkv_in,
@@ -191,6 +205,7 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_attention_backward_cpu(const at::Tens
 
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("rel_pos_attention", &rel_pos_attention_cpu);
+  m.impl("rel_pos_attention_inference", &rel_pos_attention_inference_cpu);
   m.impl("rel_pos_attention_backward", &rel_pos_attention_backward_cpu);
 }
 

@@ -22,6 +22,8 @@ inline void define_ops(torch::Library& m) {
   // out (B,K,H,Dh) = softmax(q k^T * scale + bias) v per (b,h); also returns the softmax probabilities
   // P (B,H,K,K), fp32 (fp64 for fp64 qkv), saved for the backward.
   m.def("rel_pos_attention(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> (Tensor, Tensor)");
+  // The same out without P, for a forward no backward will follow (sampling under no_grad; CPU).
+  m.def("rel_pos_attention_inference(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> Tensor");
   // -> (d_qkv (B,K,3,H,Dh) in qkv's dtype, d_table (num_rel, H) in P's dtype)
   m.def("rel_pos_attention_backward(Tensor grad_out, Tensor qkv, Tensor probs, Tensor ids_keep, int grid_size, SymInt num_rel, float scale) -> (Tensor, Tensor)");
   // y = x W^T + b for x (..., Din), W (Dout, Din), b (Dout) or none: nn.Linear, on the CPU GEMM engine.
@@ -41,11 +43,15 @@ inline void define_ops(torch::Library& m) {
   // y = GELU_tanh(x W^T + b) for x (..., Din), W (Dout, Din), b (Dout); also returns h = x W^T as
   // (rows of x, Dout), saved for the backward.
   m.def("linear_gelu(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)");
+  // The same y without h, for a forward no backward will follow (sampling under no_grad; CPU).
+  m.def("linear_gelu_inference(Tensor x, Tensor weight, Tensor bias) -> Tensor");
   // -> (dx, dweight, dbias)
   m.def("linear_gelu_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor h) -> (Tensor, Tensor, Tensor)");
   // out = LayerNorm_no_affine(x) * (1 + scale[:,None]) + shift[:,None]; x (B,N,D), shift/scale (B,D) any strides.
   // Also returns the per-row mean and rstd (B,N) in fp32 (fp64 for fp64 x), saved for the backward.
   m.def("adaln_modulate(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
+  // The same out without mean and rstd, for a forward no backward will follow (sampling; CPU).
+  m.def("adaln_modulate_inference(Tensor x, Tensor shift, Tensor scale, float eps) -> Tensor");
   // -> (dx, dshift, dscale)
   m.def("adaln_modulate_backward(Tensor grad, Tensor x, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)");
   // out = x + gate[:,None] * y
@@ -54,6 +60,8 @@ inline void define_ops(torch::Library& m) {
   m.def("gated_residual_backward(Tensor grad, Tensor gate, Tensor y) -> (Tensor, Tensor)");
   // -> (h, out, mean, rstd): h = x + gate[:,None] * y, out = adaln_modulate(h, shift, scale, eps)
   m.def("residual_adaln_modulate(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  // -> (h, out) without mean and rstd, for a forward no backward will follow (sampling; CPU).
+  m.def("residual_adaln_modulate_inference(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor)");
   // -> (dx, dgate, dy, dshift, dscale); grad_h may be None (h unused)
   m.def("residual_adaln_modulate_backward(Tensor? grad_h, Tensor grad_out, Tensor h, Tensor y, Tensor gate, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // One fused Adan step over many parameters, in place: g = clip_coef * grad, first: d = 0 (else

@@ -56,6 +56,30 @@ def register_op(name: str, *, fake_forward: Callable, fake_backward: Callable, s
                                         setup_context=setup_context)
 
 
+def register_inference(name: str, fake: Callable, cpu_form: Callable) -> Callable:
+    """The CPU inference form ``mdt_kernels::<name>_inference`` of an op: its forward without what only a
+    backward reads (attention probabilities, the GELU input, LayerNorm statistics), for sampling.
+
+    Registers its fake kernel (torch.compile) and returns the CPU implementation to dispatch to: it
+    calls ``cpu_form(*args)`` (the training form) when autograd records the call, else the inference form.
+    Without the extension it returns cpu_form unchanged (the cpu backend is unavailable anyway)."""
+    if _dispatch._EXT_ERROR is not None:
+        return cpu_form
+    torch.library.register_fake(f"mdt_kernels::{name}_inference", fake)
+    inference = getattr(torch.ops.mdt_kernels, f"{name}_inference")
+
+    def run(*args):
+        return cpu_form(*args) if grad_needed(*args) else inference(*args)
+
+    return run
+
+
+def grad_needed(*args) -> bool:
+    """Whether autograd records a call with these arguments: grad mode on (not torch.no_grad() or
+    inference_mode) and a tensor argument that requires grad."""
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
 def expect(name: str, t: torch.Tensor, shape: tuple, layout: str, dtype: torch.dtype | None = None) -> None:
     """In a fake kernel: t has `shape` (ints or symbolic sizes; None leaves a dim free, described as `layout`,
     e.g. "(B, D)") and, when given, `dtype`, as the real kernel requires. torch._check raises a ValueError /

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import _checks, _dispatch
 from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
-from ._register import expect, expect_float, register_op, sim_twin
+from ._register import expect, expect_float, register_inference, register_op, sim_twin
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -450,17 +450,24 @@ def _compiled_residual(x, gate, y, shift, scale, eps, ops=torch.ops.mdt_kernels)
     return h, out
 
 
-def _impls(reference, compiled, triton):
+def _impls(reference, compiled, triton, cpu=None):
     # cuda_sim: the test-only backend, the cuda bindings on csrc/simt
-    return {"reference": reference, "cpu": compiled, "cuda": compiled, "triton": triton,
+    return {"reference": reference, "cpu": cpu or compiled, "cuda": compiled, "triton": triton,
             "cuda_sim": sim_twin(compiled)}
 
 
+# Under no_grad / inference_mode the CPU backend runs the inference forms, which keep no mean and rstd
+# (gated_residual keeps nothing for its backward: it has one form).
 IMPLS = {
-    "adaln_modulate": _impls(adaln_modulate_ref, _compiled_adaln, lambda *a: adaln_modulate_triton(*a)[0]),
+    "adaln_modulate": _impls(adaln_modulate_ref, _compiled_adaln, lambda *a: adaln_modulate_triton(*a)[0],
+                             register_inference("adaln_modulate", lambda *a: _fake_adaln_forward(*a)[0],
+                                                _compiled_adaln)),
     "gated_residual": _impls(gated_residual_ref, _compiled_gated, gated_residual_triton),
     "residual_adaln_modulate": _impls(residual_adaln_modulate_ref, _compiled_residual,
-                                      lambda *a: tuple(residual_adaln_modulate_triton(*a)[:2])),
+                                      lambda *a: tuple(residual_adaln_modulate_triton(*a)[:2]),
+                                      register_inference("residual_adaln_modulate",
+                                                         lambda *a: tuple(_fake_residual_forward(*a)[:2]),
+                                                         _compiled_residual)),
 }
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import _checks
 from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
-from ._register import expect, register_op, sim_twin
+from ._register import expect, register_inference, register_op, sim_twin
 from .linear import autocast_inputs, check_inputs, expect_linear
 
 # ---------------------------------------------------------------------------------------------------
@@ -152,7 +152,9 @@ def _triton(x, weight, bias):
     return linear_gelu_triton(x, weight, bias)[0]
 
 
-IMPLS = {"reference": linear_gelu_ref, "cpu": _compiled, "cuda": _compiled, "triton": _triton}
+# Under no_grad / inference_mode the CPU backend runs linear_gelu_inference: no h is kept, GELU runs in place.
+_cpu = register_inference("linear_gelu", lambda x, weight, bias: _fake_forward(x, weight, bias)[0], _compiled)
+IMPLS = {"reference": linear_gelu_ref, "cpu": _cpu, "cuda": _compiled, "triton": _triton}
 IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------

@@ -113,6 +113,55 @@ def test_eval_fid_end_to_end_against_pictures_folder_and_mu_sigma(tmp_path, caps
     assert code == 0 and json.load(open(tmp_path / "self.json"))["fid"] == pytest.approx(0, abs=1e-6)
 
 
+def _precision_recall_loops(real, fake, k):
+    """Kynkaanniemi et al.'s definition, written out with plain loops (no shared code with mdt.fid)."""
+    def radii(x):
+        return [sorted(float(np.sqrt(((a - b) ** 2).sum())) for j, b in enumerate(x) if j != i)[k - 1]
+                for i, a in enumerate(x)]
+
+    def covered(points, centres, r):
+        return np.mean([any(np.sqrt(((p - c) ** 2).sum()) <= rc for c, rc in zip(centres, r, strict=True))
+                        for p in points])
+
+    return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
+
+
+def test_precision_recall_matches_the_definition_and_its_limits():
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(0, 1, (40, 5)), rng.normal(0.7, 1.3, (30, 5))
+    for k in (1, 3):
+        assert fid.precision_recall(real, fake, k) == pytest.approx(_precision_recall_loops(real, fake, k), abs=0)
+    p, r = fid.precision_recall(real, fake)
+    assert 0 < p < 1 and 0 < r < 1
+    assert fid.precision_recall(real, real) == (1.0, 1.0)  # every point is the centre of its own ball
+    assert fid.precision_recall(real, real + 100) == (0.0, 0.0)  # far apart: neither covers the other
+    # batched distances give the same radii as one block
+    assert fid.knn_radii(real, 3, batch=7) == pytest.approx(fid.knn_radii(real, 3), abs=1e-12)
+    with pytest.raises(fid.InputError, match="more than 3 pictures"):
+        fid.precision_recall(real[:3], fake)
+
+
+def test_eval_prec_recall_end_to_end(tmp_path, capsys, _tiny):
+    samples, ref = pictures(30, 1), pictures(40, 2, shift=20)
+    s = _npz(tmp_path / "s.npz", samples)
+    with torch.no_grad():
+        fs = _tiny(torch.from_numpy(samples).permute(0, 3, 1, 2))[0].double().numpy()
+        fr = _tiny(torch.from_numpy(ref).permute(0, 3, 1, 2))[0].double().numpy()
+    want = _precision_recall_loops(fr, fs, 3)
+    # an ADM-style reference: pictures and their stored statistics
+    np.savez(tmp_path / "adm.npz", arr_0=ref, mu=fr.mean(0), sigma=np.cov(fr, rowvar=False))
+    code, out, err = mdt(["eval", s, "--fid", tmp_path / "adm.npz", "--prec-recall", "--out", tmp_path / "pr.json"],
+                         capsys)
+    assert code == 0, err
+    report = json.load(open(tmp_path / "pr.json"))
+    assert (report["precision"], report["recall"]) == pytest.approx(want, abs=1e-12) and "recall" in out
+    np.savez(tmp_path / "stats.npz", mu=fr.mean(0), sigma=np.cov(fr, rowvar=False))  # statistics only
+    code, out, err = mdt(["eval", s, "--fid", tmp_path / "stats.npz", "--prec-recall"], capsys)
+    assert code != 0 and "only mu/sigma" in err and len(err.strip().splitlines()) == 1
+    code, out, err = mdt(["eval", s, "--prec-recall"], capsys)
+    assert code != 0 and "--prec-recall goes with --fid" in err
+
+
 def test_missing_inception_weights_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()  # the real loader
     monkeypatch.setenv("MDT_CACHE", str(tmp_path / "cache"))

@@ -83,8 +83,10 @@ void forward(const AdalnFwdArgs& args) {
 #pragma omp simd
         for (int64_t d = 0; d < D; ++d) o[d] = (hr[d] - m) * rs * ap[d] + sp[d];
         rowwise::store_row(op + r * D, o, D, stream);
-        mp[r] = m;
-        rp[r] = rs;
+        if (mp != nullptr) {  // null: the inference form keeps no statistics
+          mp[r] = m;
+          rp[r] = rs;
+        }
       }
     }
     rowwise::stream_fence();

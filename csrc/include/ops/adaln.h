@@ -97,16 +97,17 @@ inline void check_residual_adaln_modulate_backward(const std::optional<at::Tenso
 
 // The outputs of the family's forward for the parts it runs (residual, modulate; csrc/cpu/vec/adaln.h,
 // csrc/cuda/adaln_kernels.h), x contiguous (B, N, D): out; h when both run; mean and rstd (B, N) in acc_t
-// for the modulate part. Parts that do not run leave their tensors undefined.
+// for the modulate part, unless keep_stats is false (inference: nothing kept for a backward). Parts that
+// do not run leave their tensors undefined.
 struct Forward {
   at::Tensor h, out, mean, rstd;
 };
 
-inline Forward forward_outputs(const at::Tensor& x, bool residual, bool modulate) {
+inline Forward forward_outputs(const at::Tensor& x, bool residual, bool modulate, bool keep_stats = true) {
   Forward r;
   r.out = at::empty(x.sizes(), x.options());
   if (residual && modulate) r.h = at::empty(x.sizes(), x.options());
-  if (modulate) {
+  if (modulate && keep_stats) {
     r.mean = at::empty({x.size(0), x.size(1)}, x.options().dtype(acc_dtype(x)));
     r.rstd = at::empty_like(r.mean);
   }
