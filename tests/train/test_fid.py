@@ -78,13 +78,17 @@ def _npz(path, arr):
     return str(path)
 
 
+@torch.no_grad()
+def _features(net, pictures):
+    """The network's features of uint8 (n, H, W, 3) pictures, computed here without mdt.fid."""
+    return net(torch.from_numpy(pictures).permute(0, 3, 1, 2))[0].double().numpy()
+
+
 def test_eval_fid_end_to_end_against_pictures_folder_and_mu_sigma(tmp_path, capsys, _tiny):
     samples, ref = pictures(40, 1), pictures(50, 2, shift=40)
     s = _npz(tmp_path / "s.npz", samples)
     # the distance from the network's features, computed here independently
-    with torch.no_grad():
-        fs = _tiny(torch.from_numpy(samples).permute(0, 3, 1, 2))[0].double().numpy()
-        fr = _tiny(torch.from_numpy(ref).permute(0, 3, 1, 2))[0].double().numpy()
+    fs, fr = _features(_tiny, samples), _features(_tiny, ref)
     from scipy import linalg
 
     cs, cr = np.cov(fs, rowvar=False), np.cov(fr, rowvar=False)
@@ -144,9 +148,7 @@ def test_precision_recall_matches_the_definition_and_its_limits():
 def test_eval_prec_recall_end_to_end(tmp_path, capsys, _tiny):
     samples, ref = pictures(30, 1), pictures(40, 2, shift=20)
     s = _npz(tmp_path / "s.npz", samples)
-    with torch.no_grad():
-        fs = _tiny(torch.from_numpy(samples).permute(0, 3, 1, 2))[0].double().numpy()
-        fr = _tiny(torch.from_numpy(ref).permute(0, 3, 1, 2))[0].double().numpy()
+    fs, fr = _features(_tiny, samples), _features(_tiny, ref)
     want = _precision_recall_loops(fr, fs, 3)
     # an ADM-style reference: pictures and their stored statistics
     np.savez(tmp_path / "adm.npz", arr_0=ref, mu=fr.mean(0), sigma=np.cov(fr, rowvar=False))
