@@ -55,23 +55,30 @@ CAPABILITIES = {
         ("AVX2", ["-mavx2", "-mfma", "-mf16c"]),
         ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c"]),
     ],
+    # SVE at exactly 256 bits (Graviton3), as ATen's SVE256 kernels; 128-bit SVE CPUs (Grace) run NEON.
+    "aarch64": [
+        ("DEFAULT", []),
+        ("SVE256", ["-march=armv8.2-a+sve", "-msve-vector-bits=256", "-DCPU_CAPABILITY_SVE"]),
+    ],
 }.get(platform.machine().lower().replace("amd64", "x86_64"), [("DEFAULT", [])])
 
 
 def _check_static_initialisers(objects: list[str], capability: str) -> None:
     """A capability object's static initialisers run when the extension loads, on any CPU: fail the build
-    if one uses a vector instruction (VEX/EVEX-encoded, or ymm/zmm/mask registers). at::vec's headers
-    include <iostream>, whose initialiser is a plain call."""
+    if one uses a vector instruction (x86-64: VEX/EVEX-encoded, or ymm/zmm/mask registers; aarch64: SVE's
+    z/p registers). at::vec's headers include <iostream>, whose initialiser is a plain call."""
     objdump = shutil.which("objdump")
-    if capability == "DEFAULT" or objdump is None or platform.machine() not in ("x86_64", "AMD64"):
+    machine = platform.machine().lower()
+    if capability == "DEFAULT" or objdump is None or machine not in ("x86_64", "amd64", "aarch64"):
         return
+    vector = r"\b[zp]\d+\." if machine == "aarch64" else r"%[yz]mm|%k[0-7]\b|:\s+v[a-z]"
     for obj in objects:
         asm = subprocess.run([objdump, "-d", "--no-show-raw-insn", obj], capture_output=True, text=True,
                              check=True).stdout
         for func in re.findall(r"^[0-9a-f]+ <(_GLOBAL__sub_I[^>]*)>:\n(.*?)(?:\n\n|\Z)", asm, re.S | re.M):
             name, body = func
             bad = [line for line in body.splitlines()
-                   if re.search(r"%[yz]mm|%k[0-7]\b|:\s+v[a-z]", line)]
+                   if re.search(vector, line)]
             if bad:
                 raise RuntimeError(f"{obj}: the static initialiser {name} of the {capability} kernels uses vector "
                                    f"instructions that older CPUs lack, and runs when the extension loads: {bad[:3]}")

@@ -85,6 +85,15 @@ def test_environment_caps(var):
     assert _in_subprocess({var: "avx512"}) == best  # a cap above the CPU is no cap
 
 
+def test_another_architectures_capability():
+    other = "sve256" if X86 else "avx2"
+    # ours: a setting shared by a mixed cluster caps at the baseline; ATen's: ignored, as ATen does
+    assert _in_subprocess({"MDT_KERNELS_CPU_CAPABILITY": other}) == "default"
+    assert _in_subprocess({"ATEN_CPU_CAPABILITY": other}) == expected_capabilities()[-1]
+    with pytest.raises(ValueError, match=f'"{other}" is not available'):
+        mk.set_cpu_capability(other)
+
+
 def test_environment_errors():
     assert "MDT_KERNELS_CPU_CAPABILITY: unknown CPU capability \"avx1024\"" in _in_subprocess(
         {"MDT_KERNELS_CPU_CAPABILITY": "avx1024"})

@@ -10,6 +10,18 @@
 #include <cctype>
 #include <cstdlib>
 
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#include <sys/prctl.h>
+#ifndef HWCAP_SVE
+#define HWCAP_SVE (1 << 22)
+#endif
+#ifndef PR_SVE_GET_VL
+#define PR_SVE_GET_VL 51
+#define PR_SVE_VL_LEN_MASK 0xffff
+#endif
+#endif
+
 namespace mdt::isa {
 namespace {
 
@@ -38,6 +50,11 @@ Capability best() {
     if (c == Capability::kAVX2 && cpu_has(caps, {"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}))
       c = Capability::kAVX512;
 #endif
+#elif defined(__aarch64__) && defined(__linux__) && defined(MDT_CPU_CAPABILITY_SVE256)
+    // SVE, with this thread's vector length 32 bytes: the SVE256 copies are compiled for exactly that
+    // length (-msve-vector-bits=256), as ATen's SVE256 kernels are.
+    if ((getauxval(AT_HWCAP) & HWCAP_SVE) != 0 && (prctl(PR_SVE_GET_VL) & PR_SVE_VL_LEN_MASK) == 32)
+      c = Capability::kSVE256;
 #endif
     return c;
   }();
@@ -49,23 +66,41 @@ std::string lower(std::string s) {
   return s;
 }
 
-// nullopt for a name that is not one of ours.
+// nullopt for a name that is not one of this architecture's.
 std::optional<Capability> parse(const std::string& s) {
   const std::string v = lower(s);
   if (v == "default") return Capability::kDefault;
+#if defined(__aarch64__)
+  if (v == "sve256") return Capability::kSVE256;
+#else
   if (v == "avx2") return Capability::kAVX2;
   if (v == "avx512") return Capability::kAVX512;
+#endif
   return std::nullopt;
 }
+
+// A capability of ours on another architecture.
+bool other_architecture(const std::string& s) {
+  const std::string v = lower(s);
+  return !parse(v).has_value() && (v == "avx2" || v == "avx512" || v == "sve256");
+}
+
+constexpr const char* kChoices =
+#if defined(__aarch64__)
+    "default or sve256";
+#else
+    "default, avx2 or avx512";
+#endif
 
 // The capability from the environment: MDT_KERNELS_CPU_CAPABILITY (an unknown value is an error),
 // else ATEN_CPU_CAPABILITY (values of other architectures, which ATen knows, are ignored), capped at
 // best(); a cap above what the CPU runs is no cap.
 Capability from_environment() {
   if (const char* ours = std::getenv("MDT_KERNELS_CPU_CAPABILITY"); ours != nullptr && *ours != '\0') {
+    if (other_architecture(ours)) return Capability::kDefault;  // a cluster-wide setting: the baseline here
     const auto c = parse(ours);
     TORCH_CHECK_VALUE(c.has_value(), "MDT_KERNELS_CPU_CAPABILITY: unknown CPU capability \"", ours,
-                      "\"; choose default, avx2 or avx512");
+                      "\"; choose ", kChoices);
     return std::min(*c, best());
   }
   if (const char* aten = std::getenv("ATEN_CPU_CAPABILITY"); aten != nullptr && *aten != '\0') {
@@ -94,18 +129,23 @@ std::vector<Capability> supported() {
 
 void set_capability(const std::string& s) {
   const auto c = parse(s);
-  TORCH_CHECK_VALUE(c.has_value(), "unknown CPU capability \"", s, "\"; choose default, avx2 or avx512");
-  TORCH_CHECK_VALUE(*c <= best(), "CPU capability \"", s, "\" is not available: this build and CPU run up to \"",
+  TORCH_CHECK_VALUE(c.has_value() || other_architecture(s), "unknown CPU capability \"", s, "\"; choose ", kChoices);
+  TORCH_CHECK_VALUE(c.has_value() && *c <= best(), "CPU capability \"", s, "\" is not available: this build and CPU run up to \"",
                     name(best()), "\"");
   g_capability.store(static_cast<int>(*c), std::memory_order_relaxed);
 }
 
 const char* name(Capability c) {
   switch (c) {
+#if defined(__aarch64__)
+    case Capability::kSVE256:
+      return "sve256";
+#else
     case Capability::kAVX2:
       return "avx2";
     case Capability::kAVX512:
       return "avx512";
+#endif
     default:
       return "default";
   }

@@ -182,7 +182,7 @@ def _bwd_stages(blocks: dict, itemsize: int) -> int:
     """Software-pipeline depth of the backward kernels: Triton's default 3 up to 256 B of a row of
     head features per tile, fewer beyond. The dq kernel's buffers grow with stages x BLOCK_D x itemsize: with
     3 stages, fp32 and BLOCK_D = 128 (XL/2's Dh = 72) it needs 172032 B of shared memory, over the A100's
-    166912 B per block (benchmarks.triton_aot), and would not launch there; 2 stages need 114688 B."""
+    166912 B per block (benchmarks.triton_aot), and would not launch there; 2 stages need 98304 B."""
     row = blocks["BLOCK_D"] * itemsize
     return 3 if row <= 256 else 2 if row <= 512 else 1
 
