@@ -8,7 +8,7 @@
 //   aten     at::addmm / at::mm, as F.linear runs on the CPU.
 // The engine is chosen per dtype, from a setting (MDT_KERNELS_CPU_GEMM or set_setting):
 //   auto    (default) oneDNN for a dtype only where this CPU runs it and it was measured faster
-//           (engine_for below), ATen otherwise;
+//           (fp32: with AVX-512 or on AMD CPUs; bf16: wherever it runs), ATen otherwise;
 //   onednn  oneDNN for every dtype it runs on this CPU, ATen for the others;
 //   aten    ATen for every dtype.
 // Whether oneDNN runs a dtype is found out once per dtype by running a tiny inner product: oneDNN has

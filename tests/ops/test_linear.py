@@ -196,10 +196,20 @@ def _onednn_isa_capped():
     return bool(cap) and cap not in ("ALL", "DEFAULT") and not cap.startswith(("AVX512", "AVX10"))
 
 
+def _amd_cpu():
+    """The CPU's vendor from /proc/cpuinfo (Linux); False where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            vendors = {line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")}
+    except OSError:
+        return False
+    return bool(vendors & {"AuthenticAMD", "HygonGenuine"})
+
+
 def expected_engine(setting, dtype):
     """What the engine must be, from PyTorch's own view of this CPU (not from our extension): oneDNN
     runs fp32 always, and bf16 only with AVX-512 (PyTorch's mkldnn bf16 device check) and no ISA cap
-    below it; auto takes oneDNN for fp32 only with AVX-512, for bf16 wherever it runs."""
+    below it; auto takes oneDNN for fp32 with AVX-512 or on an AMD CPU, for bf16 wherever it runs."""
     if not HAS_ONEDNN or setting == "aten":
         return "aten"
     avx512 = torch.cpu._is_avx512_supported() and not _onednn_isa_capped()
@@ -208,7 +218,7 @@ def expected_engine(setting, dtype):
         return "aten"
     if setting == "onednn" or dtype == torch.bfloat16:
         return "onednn"
-    return "onednn" if avx512 else "aten"
+    return "onednn" if avx512 or _amd_cpu() else "aten"
 
 
 @needs_ext
