@@ -104,16 +104,17 @@ bool amd_cpu() {
 }
 
 // auto's choice: oneDNN where it runs the dtype and was measured faster than ATen (benchmarks/results):
-// fp32 with AVX-512 kernels (MKL's sgemm runs its generic kernels on AMD; 3-12% per projection) and fp32
-// on AMD CPUs at any ISA (2-core EPYC, AVX2: MDT's forward projections 1.08-1.17x, an MDTv2-S/2 sampling
-// forward 1.43x the reference against 1.29x on ATen, the training step equal within noise); bf16
-// wherever oneDNN runs it (ATen's own bf16 mm calls oneDNN there too, without the bias epilogue). fp32 on
-// an Intel CPU without AVX-512, where MKL is tuned, stays on ATen (not measured faster).
-bool auto_prefers_onednn(at::ScalarType dtype) {
+// fp32 with AVX-512 kernels (MKL's sgemm runs its generic kernels on AMD; 3-12% per projection, forward
+// and dx); fp32 forward GEMMs (w in its (N, K) layout) on AMD CPUs without AVX-512 (2-core EPYC, AVX2:
+// MDT's forward projections 1.08-1.17x, an MDTv2-S/2 CFG forward 1.43x the reference against 1.29x on
+// ATen), where the backward's dx = g W (w transposed, which oneDNN reorders first) measured no faster and
+// stays on ATen; bf16 wherever oneDNN runs it (ATen's own bf16 mm calls oneDNN there too, without the
+// bias epilogue). fp32 on an Intel CPU without AVX-512, where MKL is tuned, stays on ATen.
+bool auto_prefers_onednn(at::ScalarType dtype, bool forward_layout) {
   if (!onednn_runs(dtype)) return false;
   if (dtype == at::kFloat) {
-    static const bool faster = onednn_avx512() || amd_cpu();
-    return faster;
+    static const bool avx512 = onednn_avx512(), amd = amd_cpu();
+    return avx512 || (amd && forward_layout);
   }
   return dtype == at::kBFloat16;
 }
@@ -141,12 +142,13 @@ Setting setting() {
   return static_cast<Setting>(s);
 }
 
-bool use_onednn(at::ScalarType dtype) {
+// forward_layout: w is (N, K) row-major, as in a forward y = x w^T (not the transposed view of dx = g W).
+bool use_onednn(at::ScalarType dtype, bool forward_layout) {
   switch (setting()) {
     case Setting::kOneDNN:
       return onednn_runs(dtype);
     case Setting::kAuto:
-      return auto_prefers_onednn(dtype);
+      return auto_prefers_onednn(dtype, forward_layout);
     default:
       return false;
   }
@@ -169,10 +171,10 @@ void set_setting(const std::string& name) {
   g_setting.store(static_cast<int>(parse(name, "set_cpu_gemm_engine")), std::memory_order_relaxed);
 }
 
-std::string engine_name(at::ScalarType dtype) { return use_onednn(dtype) ? "onednn" : "aten"; }
+std::string engine_name(at::ScalarType dtype) { return use_onednn(dtype, /*forward_layout=*/true) ? "onednn" : "aten"; }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
-  if (x.size(1) > 0 && x.size(0) > 0 && w.size(0) > 0 && use_onednn(x.scalar_type())) {
+  if (x.size(1) > 0 && x.size(0) > 0 && w.size(0) > 0 && use_onednn(x.scalar_type(), w.is_contiguous())) {
     return onednn_linear(x, w, bias);
   }
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());

@@ -8,7 +8,8 @@
 //   aten     at::addmm / at::mm, as F.linear runs on the CPU.
 // The engine is chosen per dtype, from a setting (MDT_KERNELS_CPU_GEMM or set_setting):
 //   auto    (default) oneDNN for a dtype only where this CPU runs it and it was measured faster
-//           (fp32: with AVX-512 or on AMD CPUs; bf16: wherever it runs), ATen otherwise;
+//           (fp32: with AVX-512, and the forward GEMMs on AMD CPUs; bf16: wherever it runs), ATen
+//           otherwise;
 //   onednn  oneDNN for every dtype it runs on this CPU, ATen for the others;
 //   aten    ATen for every dtype.
 // Whether oneDNN runs a dtype is found out once per dtype by running a tiny inner product: oneDNN has
@@ -31,7 +32,8 @@ std::string setting_name();
 // was built without oneDNN.
 void set_setting(const std::string& name);
 
-// "onednn" or "aten": the engine that runs GEMMs of this dtype now.
+// "onednn" or "aten": the engine that runs the forward GEMMs of this dtype now (the backward's dx too,
+// except fp32 on an AMD CPU without AVX-512 under auto: ATen).
 std::string engine_name(at::ScalarType dtype);
 
 // (M, N) = x (M, K), contiguous, times w^T for w (N, K) of any strides, plus bias (N,) when given.

@@ -209,7 +209,8 @@ def _amd_cpu():
 def expected_engine(setting, dtype):
     """What the engine must be, from PyTorch's own view of this CPU (not from our extension): oneDNN
     runs fp32 always, and bf16 only with AVX-512 (PyTorch's mkldnn bf16 device check) and no ISA cap
-    below it; auto takes oneDNN for fp32 with AVX-512 or on an AMD CPU, for bf16 wherever it runs."""
+    below it; auto takes oneDNN for fp32 with AVX-512 or (forward GEMMs) on an AMD CPU, for bf16
+    wherever it runs."""
     if not HAS_ONEDNN or setting == "aten":
         return "aten"
     avx512 = torch.cpu._is_avx512_supported() and not _onednn_isa_capped()
@@ -236,7 +237,10 @@ def test_engine_runs_what_it_says(engine, dtype):
     with torch.profiler.profile() as prof:
         run([x, w, b], g, engine)
     onednn_calls = [e.name for e in prof.events()].count("mkldnn::_linear_pointwise")
-    assert onednn_calls == (2 if reported == "onednn" else 0)
+    # auto, fp32, AMD without AVX-512: the forward on oneDNN, dx = g W on ATen (measured no faster there)
+    forward_only = (engine == "auto" and dtype == torch.float32 and _amd_cpu()
+                    and not (torch.cpu._is_avx512_supported() and not _onednn_isa_capped()))
+    assert onednn_calls == (0 if reported == "aten" else 1 if forward_only else 2)
 
 
 @needs_ext
