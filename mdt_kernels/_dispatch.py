@@ -308,8 +308,9 @@ CPU_CAPABILITIES = ("default", "avx2", "avx512", "sve256")  # x86-64: the first 
 
 def cpu_capability() -> str | None:
     """The instruction set the CPU kernels run now: "default" (the portable baseline), "avx2" or
-    "avx512" (x86-64), "sve256" (aarch64); None without the compiled extension. The best one this build and CPU have, unless capped
-    by MDT_KERNELS_CPU_CAPABILITY, else by ATen's ATEN_CPU_CAPABILITY, or set by use_cpu_capability."""
+    "avx512" (x86-64), "sve256" (aarch64); None without the compiled extension. The best one this build
+    and CPU have, unless capped by MDT_KERNELS_CPU_CAPABILITY, else by ATen's ATEN_CPU_CAPABILITY, or set
+    by use_cpu_capability."""
     return None if _EXT_ERROR is not None else torch.ops.mdt_kernels.cpu_capability()
 
 
