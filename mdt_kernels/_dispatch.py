@@ -247,19 +247,21 @@ def runs_fused(op: str, device: torch.device | str) -> bool:
 # ---------------------------------------------------------------------------------------------------
 # The GEMM engine of the cpu backend's kernels that multiply by a weight (linear, linear_gelu)
 
-CPU_GEMM_ENGINES = ("auto", "onednn", "aten")
+CPU_GEMM_ENGINES = ("auto", "mdt", "onednn", "aten")
 
 # The dtypes the CPU GEMM engine serves; cpu_gemm_engine() reports one engine for each.
 _GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def cpu_gemm_engine(dtype: torch.dtype | None = None) -> str | dict[str, str] | None:
-    """The engine ("onednn" or "aten") that runs the CPU GEMMs of linear and linear_gelu in ``dtype``,
-    or, without a dtype, a dict of it for float32, bfloat16, float16 and float64; None without the
-    compiled extension. The setting (MDT_KERNELS_CPU_GEMM or use_cpu_gemm_engine, default "auto")
-    chooses per dtype: auto takes oneDNN only where this CPU runs the dtype on it and it was measured
-    faster (fp32 with AVX-512, bf16 where oneDNN has it), "onednn" wherever oneDNN runs the dtype,
-    "aten" never; a dtype oneDNN cannot run here (bf16 without AVX-512) always gets ATen's."""
+    """The engine ("mdt", "onednn" or "aten") that runs the CPU GEMMs of linear and linear_gelu in
+    ``dtype``, or, without a dtype, a dict of it for float32, bfloat16, float16 and float64; None without
+    the compiled extension. The setting (MDT_KERNELS_CPU_GEMM or use_cpu_gemm_engine, default "auto")
+    chooses per dtype: auto takes an engine only where this CPU runs the dtype on it and it was measured
+    faster than ATen (fp32: mdt_kernels' own GEMM at the AVX2 capability on AMD CPUs, oneDNN with
+    AVX-512; bf16 where oneDNN has it); "mdt" takes mdt_kernels' own GEMM for fp32 (ATen for the other
+    dtypes), "onednn" oneDNN wherever it runs the dtype, "aten" ATen always; a dtype oneDNN cannot run
+    here (bf16 without AVX-512) gets ATen's under "onednn"."""
     if _EXT_ERROR is not None:
         return None
     if dtype is not None:
@@ -268,7 +270,7 @@ def cpu_gemm_engine(dtype: torch.dtype | None = None) -> str | dict[str, str] | 
 
 
 def cpu_gemm_setting() -> str | None:
-    """The CPU GEMM setting in force: "auto", "onednn" or "aten" (None without the extension)."""
+    """The CPU GEMM setting in force: "auto", "mdt", "onednn" or "aten" (None without the extension)."""
     return None if _EXT_ERROR is not None else torch.ops.mdt_kernels.cpu_gemm_setting()
 
 
@@ -289,12 +291,12 @@ _check_gemm_engine = _extension_setting("CPU GEMM engine", CPU_GEMM_ENGINES)
 
 
 def set_cpu_gemm_engine(name: str) -> None:
-    """Selects the CPU GEMM setting ("auto", "onednn" or "aten") from now on."""
+    """Selects the CPU GEMM setting ("auto", "mdt", "onednn" or "aten") from now on."""
     torch.ops.mdt_kernels.set_cpu_gemm_engine(_check_gemm_engine(name))  # ValueError when PyTorch lacks oneDNN
 
 
 class use_cpu_gemm_engine(_Switch):
-    """Selects the CPU GEMM setting ("auto", "onednn" or "aten") inside a ``with`` block."""
+    """Selects the CPU GEMM setting ("auto", "mdt", "onednn" or "aten") inside a ``with`` block."""
 
     _check, _get, _set = staticmethod(_check_gemm_engine), staticmethod(cpu_gemm_setting), staticmethod(
         set_cpu_gemm_engine)

@@ -36,5 +36,12 @@ inline double exp(double x) { return std::exp(x); }
 inline float tanh(float z) { return 1.0f - 2.0f / (fast::exp(2.0f * z) + 1.0f); }
 inline double tanh(double z) { return std::tanh(z); }
 
+// GELU with the tanh approximation: u/2 (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3))).
+template <typename A>
+inline A gelu_tanh(A u) {
+  constexpr A k0 = A(0.7978845608028654), k1 = A(0.044715);
+  return A(0.5) * u * (A(1) + fast::tanh(k0 * (u + k1 * u * u * u)));
+}
+
 }  // namespace fast
 }  // namespace mdt

@@ -3,6 +3,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/Utils.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -13,10 +14,15 @@
 #endif
 #include <mutex>
 
+#include "isa.h"
+#include "tensor_view.h"
+#include "vec/gemm.h"
+
 namespace mdt::gemm {
 namespace {
 
-enum class Setting : int { kUnset = -1, kAuto = 0, kOneDNN = 1, kATen = 2 };
+enum class Setting : int { kUnset = -1, kAuto = 0, kOneDNN = 1, kATen = 2, kMDT = 3 };
+enum class Engine { kATen, kOneDNN, kMDT };
 
 std::atomic<int> g_setting{static_cast<int>(Setting::kUnset)};
 
@@ -103,20 +109,22 @@ bool amd_cpu() {
 #endif
 }
 
-// auto's choice: oneDNN where it runs the dtype and was measured faster than ATen (benchmarks/results):
-// fp32 with AVX-512 kernels (MKL's sgemm runs its generic kernels on AMD; 3-12% per projection, forward
-// and dx); fp32 forward GEMMs (w in its (N, K) layout) on AMD CPUs without AVX-512 (2-core EPYC, AVX2:
-// MDT's forward projections 1.08-1.17x, an MDTv2-S/2 CFG forward 1.43x the reference against 1.29x on
-// ATen), where the backward's dx = g W (w transposed, which oneDNN reorders first) measured no faster and
-// stays on ATen; bf16 wherever oneDNN runs it (ATen's own bf16 mm calls oneDNN there too, without the
-// bias epilogue). fp32 on an Intel CPU without AVX-512, where MKL is tuned, stays on ATen.
-bool auto_prefers_onednn(at::ScalarType dtype, bool forward_layout) {
-  if (!onednn_runs(dtype)) return false;
+// auto's choice: an engine where it runs the dtype and was measured faster than ATen (benchmarks/results).
+// fp32: mdt_kernels' own GEMM (vec/gemm.h) at the AVX2 capability on AMD CPUs (2-core EPYC: MDT's
+// projections at 1.xx-1.xxx oneDNN's speed, forward and dx layouts); oneDNN with AVX-512 kernels (MKL's
+// sgemm runs its generic kernels on AMD; 3-12% per projection, forward and dx) and for the forward GEMMs
+// of AMD CPUs at other capabilities; ATen on Intel CPUs without AVX-512, where MKL is tuned. bf16:
+// oneDNN wherever it runs it (ATen's own bf16 mm calls oneDNN there too, without the bias epilogue).
+Engine auto_engine(at::ScalarType dtype, bool forward_layout) {
   if (dtype == at::kFloat) {
     static const bool avx512 = onednn_avx512(), amd = amd_cpu();
-    return avx512 || (amd && forward_layout);
+#if !defined(__aarch64__)
+    if (amd && isa::capability() == isa::Capability::kAVX2) return Engine::kMDT;
+#endif
+    if (onednn_runs(dtype) && (avx512 || (amd && forward_layout))) return Engine::kOneDNN;
+    return Engine::kATen;
   }
-  return dtype == at::kBFloat16;
+  return dtype == at::kBFloat16 && onednn_runs(dtype) ? Engine::kOneDNN : Engine::kATen;
 }
 
 Setting parse(const std::string& name, const char* origin) {
@@ -126,8 +134,9 @@ Setting parse(const std::string& name, const char* origin) {
     return Setting::kOneDNN;
   }
   if (name == "aten") return Setting::kATen;
+  if (name == "mdt") return Setting::kMDT;
   if (name == "auto") return Setting::kAuto;
-  TORCH_CHECK_VALUE(false, origin, ": unknown CPU GEMM engine \"", name, "\"; choose auto, onednn or aten");
+  TORCH_CHECK_VALUE(false, origin, ": unknown CPU GEMM engine \"", name, "\"; choose auto, mdt, onednn or aten");
 }
 
 Setting setting() {
@@ -143,15 +152,37 @@ Setting setting() {
 }
 
 // forward_layout: w is (N, K) row-major, as in a forward y = x w^T (not the transposed view of dx = g W).
-bool use_onednn(at::ScalarType dtype, bool forward_layout) {
+Engine engine(at::ScalarType dtype, bool forward_layout) {
   switch (setting()) {
     case Setting::kOneDNN:
-      return onednn_runs(dtype);
+      return onednn_runs(dtype) ? Engine::kOneDNN : Engine::kATen;
+    case Setting::kMDT:
+      return dtype == at::kFloat ? Engine::kMDT : Engine::kATen;
     case Setting::kAuto:
-      return auto_prefers_onednn(dtype, forward_layout);
+      return auto_engine(dtype, forward_layout);
     default:
-      return false;
+      return Engine::kATen;
   }
+}
+
+const char* engine_label(Engine e) {
+  switch (e) {
+    case Engine::kOneDNN:
+      return "onednn";
+    case Engine::kMDT:
+      return "mdt";
+    default:
+      return "aten";
+  }
+}
+
+// The profiler sees it as mdt_kernels::gemm_f32 (or gemm_f32_gelu), as oneDNN's as mkldnn::_linear_pointwise.
+at::Tensor mdt_linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, bool gelu) {
+  RECORD_FUNCTION(gelu ? "mdt_kernels::gemm_f32_gelu" : "mdt_kernels::gemm_f32", std::vector<c10::IValue>());
+  auto y = at::empty({x.size(0), w.size(0)}, x.options());
+  const auto b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  cpu::gemm_f32()(cpu::view(x), cpu::view(w), cpu::view(b), cpu::view(y), gelu);
+  return y;
 }
 
 }  // namespace
@@ -162,6 +193,8 @@ std::string setting_name() {
       return "onednn";
     case Setting::kATen:
       return "aten";
+    case Setting::kMDT:
+      return "mdt";
     default:
       return "auto";
   }
@@ -171,13 +204,27 @@ void set_setting(const std::string& name) {
   g_setting.store(static_cast<int>(parse(name, "set_cpu_gemm_engine")), std::memory_order_relaxed);
 }
 
-std::string engine_name(at::ScalarType dtype) { return use_onednn(dtype, /*forward_layout=*/true) ? "onednn" : "aten"; }
+std::string engine_name(at::ScalarType dtype) { return engine_label(engine(dtype, /*forward_layout=*/true)); }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
-  if (x.size(1) > 0 && x.size(0) > 0 && w.size(0) > 0 && use_onednn(x.scalar_type(), w.is_contiguous())) {
-    return onednn_linear(x, w, bias);
+  if (x.size(1) > 0 && x.size(0) > 0 && w.size(0) > 0) {
+    switch (engine(x.scalar_type(), w.is_contiguous())) {
+      case Engine::kOneDNN:
+        return onednn_linear(x, w, bias);
+      case Engine::kMDT:
+        return mdt_linear(x, w, bias, /*gelu=*/false);
+      default:
+        break;
+    }
   }
   return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+}
+
+std::optional<at::Tensor> linear_gelu_tanh(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  if (x.size(1) > 0 && x.size(0) > 0 && w.size(0) > 0 && engine(x.scalar_type(), w.is_contiguous()) == Engine::kMDT) {
+    return mdt_linear(x, w, bias, /*gelu=*/true);
+  }
+  return std::nullopt;
 }
 
 }  // namespace mdt::gemm

@@ -1,22 +1,26 @@
 // The GEMM of mdt_kernels' CPU kernels that multiply by a weight (linear, linear_gelu).
-// Two engines compute y = x W^T (+ b):
+// Three engines compute y = x W^T (+ b):
+//   mdt     mdt_kernels' own fp32 GEMM (vec/gemm.h): BLIS-style packing and an at::vec register tile,
+//           compiled per instruction set; bias (and linear_gelu's GELU) in its epilogue. On the 2-core
+//           EPYC (AVX2) of benchmarks/results it runs MDT's projections faster than oneDNN and MKL.
 //   onednn  oneDNN's inner product, reached through the dispatcher op mkldnn::_linear_pointwise that
 //           PyTorch builds with oneDNN (USE_MKLDNN); bias added in its epilogue. Its kernels pick the
 //           widest ISA the CPU has on any vendor (AVX-512 on AMD Zen 4), where ATen's fp32 mm calls
 //           MKL's sgemm, which on AMD runs its generic `def` kernels, not its AVX-512 ones: on the
 //           2-core EPYC of benchmarks/results ~8% faster on MDT's projection shapes (forward and dx).
-//   aten     at::addmm / at::mm, as F.linear runs on the CPU.
+//   aten    at::addmm / at::mm, as F.linear runs on the CPU.
 // The engine is chosen per dtype, from a setting (MDT_KERNELS_CPU_GEMM or set_setting):
-//   auto    (default) oneDNN for a dtype only where this CPU runs it and it was measured faster
-//           (fp32: with AVX-512, and the forward GEMMs on AMD CPUs; bf16: wherever it runs), ATen
-//           otherwise;
+//   auto    (default) an engine other than ATen only where it runs the dtype and was measured faster:
+//           fp32: mdt at the AVX2 capability on AMD CPUs, oneDNN with AVX-512 and for the forward GEMMs
+//           of AMD CPUs at other capabilities; bf16: oneDNN wherever it runs; ATen otherwise;
+//   mdt     mdt for fp32, ATen for the other dtypes;
 //   onednn  oneDNN for every dtype it runs on this CPU, ATen for the others;
 //   aten    ATen for every dtype.
 // Whether oneDNN runs a dtype is found out once per dtype by running a tiny inner product: oneDNN has
 // no bf16 inner product on a CPU without AVX-512 (or under ONEDNN_MAX_CPU_ISA=AVX2), and raises where
 // ATen's bf16 mm falls back to its own GEMM. So no setting ever makes a GEMM fail. float16, float64 and
 // empty inner dimensions always take ATen's. The weight gradient dW = g^T x stays at::mm in every
-// engine: oneDNN is slower than MKL on that transposed layout.
+// engine: oneDNN is slower than MKL on that transposed layout (mdt: not measured).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -25,18 +29,23 @@
 
 namespace mdt::gemm {
 
-// "auto", "onednn" or "aten": the setting in force.
+// "auto", "mdt", "onednn" or "aten": the setting in force.
 std::string setting_name();
 
 // Selects the setting by name; raises ValueError for an unknown name, or for "onednn" when PyTorch
 // was built without oneDNN.
 void set_setting(const std::string& name);
 
-// "onednn" or "aten": the engine that runs the forward GEMMs of this dtype now (the backward's dx too,
-// except fp32 on an AMD CPU without AVX-512 under auto: ATen).
+// "mdt", "onednn" or "aten": the engine that runs the forward GEMMs of this dtype now (the backward's
+// dx too, except where auto takes oneDNN for fp32 forward GEMMs only, on AMD without AVX-512 kernels
+// and below the AVX2 capability: ATen).
 std::string engine_name(at::ScalarType dtype);
 
 // (M, N) = x (M, K), contiguous, times w^T for w (N, K) of any strides, plus bias (N,) when given.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias);
+
+// GELU_tanh(x w^T + bias), as linear's arguments, where the engine of x's dtype applies GELU in its
+// epilogue (mdt); nullopt elsewhere (the caller runs linear, then its own bias + GELU pass).
+std::optional<at::Tensor> linear_gelu_tanh(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
 
 }  // namespace mdt::gemm

@@ -5,7 +5,8 @@
 // y = GELU(h + b) that computes tanh with the vectorised fast::tanh; backward is one pass
 // dh = g * GELU'(h + b) that also accumulates db, then the two GEMMs dx = dh W (gemm.h's engine) and
 // dW = dh^T x (at::mm). h (without b) is saved for the backward, as PyTorch saves the GELU input; the
-// inference form (linear_gelu_inference, for sampling under no_grad) keeps no h: GELU runs in place.
+// inference form (linear_gelu_inference, for sampling under no_grad) keeps no h: GELU runs in place, or,
+// on the mdt GEMM engine, in the GEMM's epilogue on each tile of y while it is in L1.
 // db: rows are split in fixed chunks of kRowChunk, each with its own acc_t partial, added in chunk order:
 // deterministic for any thread count.
 #include <torch/library.h>
@@ -38,7 +39,11 @@ std::tuple<at::Tensor, at::Tensor> linear_gelu_cpu(const at::Tensor& x, const at
 
 at::Tensor linear_gelu_inference_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   check_linear_gelu(x, weight, bias);
-  auto y = gemm::linear(linear_as_rows(x), weight, std::nullopt);  // (M, Dout), no bias
+  const auto x2 = linear_as_rows(x);
+  if (auto fused = gemm::linear_gelu_tanh(x2, weight, bias)) {  // bias and GELU in the GEMM's epilogue
+    return fused->view(linear_out_shape(x, weight.size(0)));
+  }
+  auto y = gemm::linear(x2, weight, std::nullopt);  // (M, Dout), no bias
   const auto b = bias.contiguous();
   if (y.numel() > 0) {
     cpu::linear_gelu_fwd()(view(y), view(b), view(y));  // in place: each row is read whole before it is written

@@ -11,6 +11,7 @@ from helpers import (
     LINEAR_SHAPES,
     as_float64,
     assert_close,
+    assert_same_for_thread_counts,
     compile_frame_count,
     forward_and_grads,
     property_settings,
@@ -26,7 +27,7 @@ NO_EXT = mk._dispatch.unavailable_reason("cpu", "cpu")
 needs_ext = pytest.mark.skipif(NO_EXT is not None, reason=f"C++ extension not built: {NO_EXT}")
 HAS_ONEDNN = NO_EXT is None and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 # Every engine this machine has, each a test parameter; a missing one is a visible skip.
-ENGINES = [pytest.param(e, marks=[] if NO_EXT is None and (e == "aten" or HAS_ONEDNN) else
+ENGINES = [pytest.param(e, marks=[] if NO_EXT is None and (e != "onednn" or HAS_ONEDNN) else
                         pytest.mark.skip(reason=NO_EXT or "this PyTorch has no oneDNN"), id=e)
            for e in mk.CPU_GEMM_ENGINES]
 ALL_DTYPES = {**DTYPES, "f64": torch.float64}
@@ -119,19 +120,52 @@ def test_no_features(engine, x_shape, dout):
     check(inputs, g, engine)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_large_sums_float32(engine):
-    # MDT-sized sums (K = 1536 in fc2, 2048 rows in dweight): fp32 error grows with them, so the bound is
-    # relative to the sum of absolute products rather than TOL.
-    (x, w, b), g = make((4, 64, 1536), 96, torch.float32)
-    got = run([x, w, b], g, engine)
-    ref_out, ref_grads = forward_and_grads(linear_ref, as_float64([x, w, b]), [0, 1, 2], g.double())
-    x2, g2, w64 = x.double().reshape(-1, 1536), g.double().reshape(-1, 96), w.double()
+def check_sums(inputs, g, engine, bound=1e-5):
+    """float32 y and gradients against float64, each error relative to the sum of absolute products it
+    comes from (fp32 error grows with the sums' lengths, so a fixed TOL does not fit long ones)."""
+    x, w, b = inputs
+    got = run(inputs, g, engine)
+    ref_out, ref_grads = forward_and_grads(linear_ref, as_float64(inputs), [0, 1, 2], g.double())
+    x2, g2, w64 = x.double().reshape(-1, x.shape[-1]), g.double().reshape(-1, w.shape[0]), w.double()
     scales = [(x2.abs() @ w64.abs().T).reshape(ref_out.shape) + 1, (g2.abs() @ w64.abs()).reshape(x.shape),
               g2.abs().T @ x2.abs(), g2.abs().sum(0)]
     for name, a, r, s in zip(NAMES, got, [ref_out, *ref_grads], scales, strict=True):
-        ratio = ((a.double() - r).abs() / s).max().item()
-        assert ratio < 1e-5, f"{name}: error {ratio:.2e} of the absolute sum"
+        assert a.shape == r.shape and a.dtype == x.dtype
+        ratio = ((a.double() - r).abs() / (s + 1e-30)).max().item() if a.numel() else 0.0
+        assert ratio < bound, f"{name}: error {ratio:.2e} of the absolute sum"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_large_sums_float32(engine):
+    # MDT-sized sums (K = 1536 in fc2, 2048 rows in dweight).
+    inputs, g = make((4, 64, 1536), 96, torch.float32)
+    check_sums(inputs, g, engine)
+
+
+# Shapes at every edge of the mdt engine's blocking (csrc/cpu/vec/gemm.cpp): register tiles of 6 rows x
+# 2 vectors (16 floats at AVX2, 32 at AVX-512), row blocks of 96, column tiles of 256, K in slices of at
+# most 384 (the bias and GELU go on the last one). Partial tiles in both directions, a partial row block
+# and column tile, K of 1, of one slice, of two and three slices (777: 264 + 264 + 249).
+MDT_BLOCK_SHAPES = [((1, 1), 1), ((7, 5), 17), ((97, 33), 257), ((2, 50, 385), 40), ((193, 777), 300),
+                    ((2, 96, 384), 512)]
+
+
+@needs_ext
+@pytest.mark.parametrize("transposed_w", [False, True], ids=["w", "w_t"])
+@pytest.mark.parametrize("x_shape,dout", MDT_BLOCK_SHAPES, ids=[f"{s}-{d}" for s, d in MDT_BLOCK_SHAPES])
+def test_mdt_engine_block_edges(x_shape, dout, transposed_w):
+    # transposed_w: a column-major weight, the layout the backward's dx = g W hands the engine anyway.
+    (x, w, b), g = make(x_shape, dout, torch.float32)
+    w = w.t().contiguous().t() if transposed_w else w
+    check_sums([x, w, b], g, "mdt")
+
+
+@needs_ext
+def test_mdt_engine_same_result_on_every_thread_count():
+    # Each element of y (and dx) is summed in one order whatever thread computes its tile (dweight is
+    # at::mm's).
+    (x, w, b), g = make((300, 800), 300, torch.float32)
+    assert_same_for_thread_counts(lambda: run([x, w, b], g, "mdt")[:2], (1, 2, 3))
 
 
 @needs_ext
@@ -206,12 +240,18 @@ def _amd_cpu():
     return bool(vendors & {"AuthenticAMD", "HygonGenuine"})
 
 
-def expected_engine(setting, dtype):
-    """What the engine must be, from PyTorch's own view of this CPU (not from our extension): oneDNN
-    runs fp32 always, and bf16 only with AVX-512 (PyTorch's mkldnn bf16 device check) and no ISA cap
-    below it; auto takes oneDNN for fp32 with AVX-512 or (forward GEMMs) on an AMD CPU, for bf16
+def expected_engine(setting, dtype, forward_layout=True):
+    """What the engine must be, from PyTorch's own view of this CPU (not from our extension's engine code):
+    oneDNN runs fp32 always, and bf16 only with AVX-512 (PyTorch's mkldnn bf16 device check) and no ISA
+    cap below it; mdt runs fp32. auto takes mdt for fp32 on an AMD CPU at the AVX2 capability of our
+    kernels, else oneDNN for fp32 with AVX-512 or (forward GEMMs) on an AMD CPU, and oneDNN for bf16
     wherever it runs."""
-    if not HAS_ONEDNN or setting == "aten":
+    if setting == "aten" or (setting == "mdt" and dtype != torch.float32):
+        return "aten"
+    if setting == "mdt" or (setting == "auto" and dtype == torch.float32 and _amd_cpu()
+                            and mk.cpu_capability() == "avx2"):
+        return "mdt"
+    if not HAS_ONEDNN:
         return "aten"
     avx512 = torch.cpu._is_avx512_supported() and not _onednn_isa_capped()
     runs = {torch.float32: True, torch.bfloat16: bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and avx512}
@@ -219,7 +259,10 @@ def expected_engine(setting, dtype):
         return "aten"
     if setting == "onednn" or dtype == torch.bfloat16:
         return "onednn"
-    return "onednn" if avx512 or _amd_cpu() else "aten"
+    return "onednn" if avx512 or (_amd_cpu() and forward_layout) else "aten"
+
+
+ENGINE_EVENTS = {"onednn": "mkldnn::_linear_pointwise", "mdt": "mdt_kernels::gemm_f32"}
 
 
 @needs_ext
@@ -227,8 +270,9 @@ def expected_engine(setting, dtype):
 @pytest.mark.parametrize("dtype", list(ALL_DTYPES.values()), ids=list(ALL_DTYPES))
 def test_engine_runs_what_it_says(engine, dtype):
     # No silent fallback: the engine cpu_gemm_engine reports for the dtype is the one PyTorch's view of
-    # this CPU calls for, and the one that runs (the forward and dx GEMMs on mkldnn::_linear_pointwise,
-    # or none of them); a dtype oneDNN cannot run here never reaches it, so no setting can crash.
+    # this CPU calls for, and the ones that run the forward and dx GEMMs are those expected for their
+    # layouts (counted in the profiler: oneDNN's op, or mdt's record); a dtype an engine cannot run here
+    # never reaches it, so no setting can crash.
     (x, w, b), g = make((3, 8, 16), 12, dtype)
     with mk.use_cpu_gemm_engine(engine):
         reported = mk.cpu_gemm_engine(dtype)
@@ -236,11 +280,10 @@ def test_engine_runs_what_it_says(engine, dtype):
     assert reported == expected_engine(engine, dtype)
     with torch.profiler.profile() as prof:
         run([x, w, b], g, engine)
-    onednn_calls = [e.name for e in prof.events()].count("mkldnn::_linear_pointwise")
-    # auto, fp32, AMD without AVX-512: the forward on oneDNN, dx = g W on ATen (measured no faster there)
-    forward_only = (engine == "auto" and dtype == torch.float32 and _amd_cpu()
-                    and not (torch.cpu._is_avx512_supported() and not _onednn_isa_capped()))
-    assert onednn_calls == (0 if reported == "aten" else 1 if forward_only else 2)
+    names = [e.name for e in prof.events()]
+    expected = [expected_engine(engine, dtype, forward_layout) for forward_layout in (True, False)]
+    for name, event in ENGINE_EVENTS.items():
+        assert names.count(event) == expected.count(name), (name, expected)
 
 
 @needs_ext
@@ -248,7 +291,7 @@ def test_engine_selection():
     default = mk.cpu_gemm_setting()
     assert default == os.environ.get("MDT_KERNELS_CPU_GEMM", "auto")
     before = mk.cpu_gemm_engine()
-    assert set(before.values()) <= {"onednn", "aten"}
+    assert set(before.values()) <= {"mdt", "onednn", "aten"}
     with mk.use_cpu_gemm_engine("aten"):
         assert mk.cpu_gemm_setting() == "aten"
         assert set(mk.cpu_gemm_engine().values()) == {"aten"}
@@ -262,7 +305,7 @@ def test_engine_selection():
 
 @needs_ext
 @pytest.mark.parametrize("value,expected",
-                         [("aten", "aten"), ("onednn", "onednn"), ("auto", "auto"),
+                         [("aten", "aten"), ("onednn", "onednn"), ("auto", "auto"), ("mdt", "mdt"),
                           ("gemm", "MDT_KERNELS_CPU_GEMM: unknown CPU GEMM engine")])
 def test_engine_environment_variable(value, expected):
     if value == "onednn" and not HAS_ONEDNN:

@@ -242,6 +242,23 @@ def test_opcheck(backend, device):
 
 
 @needs_ext()
+@pytest.mark.parametrize("x_shape,dout", [((2, 50, 385), 40), ((193, 777), 300), ((2, 96, 384), 1536)])
+def test_mdt_engine_fuses_gelu_into_the_gemm(x_shape, dout):
+    # Under the mdt GEMM engine the inference form applies bias + GELU in the GEMM's epilogue (K in one,
+    # two and three slices): the same numbers as the training form's GEMM then separate GELU pass (the
+    # bias goes on after the last slice, where that pass adds it), and within TOL of the fp64 reference.
+    (x, w, b), _ = make(x_shape, dout, torch.float32, "cpu")
+    ops = torch.ops.mdt_kernels
+    with mk.use_cpu_gemm_engine("mdt"):
+        with torch.profiler.profile() as prof:
+            fused = ops.linear_gelu_inference(x, w, b)
+        separate = ops.linear_gelu(x, w, b)[0]
+    assert [e.name for e in prof.events()].count("mdt_kernels::gemm_f32_gelu") == 1
+    torch.testing.assert_close(fused, separate, rtol=0, atol=0)
+    assert_close(fused, linear_gelu_ref(*as_float64([x, w, b])), torch.float32)
+
+
+@needs_ext()
 def test_cpu_backward_is_deterministic():
     (x, w, b), g = make((10, 100, 24), 40, torch.float32, "cpu")  # 1000 rows: 63 row chunks
     assert_same_for_thread_counts(lambda: run("cpu", [x, w, b], g), counts=(1, 2, 1))

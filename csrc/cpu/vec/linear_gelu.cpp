@@ -17,7 +17,7 @@ struct Gelu {
   static constexpr A k0 = A(0.7978845608028654);  // sqrt(2 / pi)
   static constexpr A k1 = A(0.044715);
   // GELU(u) = u/2 (1 + tanh(k0 (u + k1 u^3)))
-  static A value(A u) { return A(0.5) * u * (A(1) + fast::tanh(k0 * (u + k1 * u * u * u))); }
+  static A value(A u) { return fast::gelu_tanh(u); }
   // GELU'(u) = (1 + t)/2 + u/2 (1 - t^2) k0 (1 + 3 k1 u^2)
   static A grad(A u) {
     const A t = fast::tanh(k0 * (u + k1 * u * u * u));
