@@ -110,18 +110,22 @@ bool amd_cpu() {
 }
 
 // auto's choice: an engine where it runs the dtype and was measured faster than ATen (benchmarks/results).
-// fp32: mdt_kernels' own GEMM (vec/gemm.h) at the AVX2 capability on AMD CPUs (2-core EPYC: MDT's
-// projections at 1.xx-1.xxx oneDNN's speed, forward and dx layouts); oneDNN with AVX-512 kernels (MKL's
-// sgemm runs its generic kernels on AMD; 3-12% per projection, forward and dx) and for the forward GEMMs
-// of AMD CPUs at other capabilities; ATen on Intel CPUs without AVX-512, where MKL is tuned. bf16:
-// oneDNN wherever it runs it (ATen's own bf16 mm calls oneDNN there too, without the bias epilogue).
+// fp32: mdt_kernels' own GEMM (vec/gemm.h) for the forward GEMMs at the AVX2 capability on AMD CPUs
+// (2-core EPYC: an MDTv2-S/2 sampling forward 1.05x oneDNN's; only AVX2 was measured, so AVX-512 keeps
+// oneDNN), where the backward's dx stays on ATen: alone, dx ran 1.19x faster on mdt, but the training step
+// with it was no faster (20-step medians 6918-7049 ms against 6534-6884 ms all on ATen); oneDNN with
+// AVX-512 kernels (MKL's sgemm runs its generic kernels on AMD; 3-12% per projection, forward and dx), and
+// for the forward GEMMs of AMD CPUs at other capabilities; ATen on Intel CPUs without AVX-512, where MKL is
+// tuned. bf16: oneDNN wherever it runs it (ATen's own bf16 mm
+// calls oneDNN there too, without the bias epilogue).
 Engine auto_engine(at::ScalarType dtype, bool forward_layout) {
   if (dtype == at::kFloat) {
     static const bool avx512 = onednn_avx512(), amd = amd_cpu();
+    const bool onednn = onednn_runs(dtype);  // probed (once) whichever layout asks first
 #if !defined(__aarch64__)
-    if (amd && isa::capability() == isa::Capability::kAVX2) return Engine::kMDT;
+    if (amd && forward_layout && isa::capability() == isa::Capability::kAVX2) return Engine::kMDT;
 #endif
-    if (onednn_runs(dtype) && (avx512 || (amd && forward_layout))) return Engine::kOneDNN;
+    if (onednn && (avx512 || (amd && forward_layout))) return Engine::kOneDNN;
     return Engine::kATen;
   }
   return dtype == at::kBFloat16 && onednn_runs(dtype) ? Engine::kOneDNN : Engine::kATen;

@@ -11,8 +11,9 @@
 //   aten    at::addmm / at::mm, as F.linear runs on the CPU.
 // The engine is chosen per dtype, from a setting (MDT_KERNELS_CPU_GEMM or set_setting):
 //   auto    (default) an engine other than ATen only where it runs the dtype and was measured faster:
-//           fp32: mdt at the AVX2 capability on AMD CPUs, oneDNN with AVX-512 and for the forward GEMMs
-//           of AMD CPUs at other capabilities; bf16: oneDNN wherever it runs; ATen otherwise;
+//           fp32: mdt for the forward GEMMs at the AVX2 capability on AMD CPUs, oneDNN with AVX-512 and
+//           for the forward GEMMs of AMD CPUs at other capabilities; bf16: oneDNN wherever it runs;
+//           ATen otherwise;
 //   mdt     mdt for fp32, ATen for the other dtypes;
 //   onednn  oneDNN for every dtype it runs on this CPU, ATen for the others;
 //   aten    ATen for every dtype.
@@ -37,8 +38,8 @@ std::string setting_name();
 void set_setting(const std::string& name);
 
 // "mdt", "onednn" or "aten": the engine that runs the forward GEMMs of this dtype now (the backward's
-// dx too, except where auto takes oneDNN for fp32 forward GEMMs only, on AMD without AVX-512 kernels
-// and below the AVX2 capability: ATen).
+// dx too, except where auto takes mdt or oneDNN for the fp32 forward GEMMs only, on AMD CPUs without
+// oneDNN's AVX-512 kernels: ATen).
 std::string engine_name(at::ScalarType dtype);
 
 // (M, N) = x (M, K), contiguous, times w^T for w (N, K) of any strides, plus bias (N,) when given.

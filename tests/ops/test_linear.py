@@ -243,12 +243,12 @@ def _amd_cpu():
 def expected_engine(setting, dtype, forward_layout=True):
     """What the engine must be, from PyTorch's own view of this CPU (not from our extension's engine code):
     oneDNN runs fp32 always, and bf16 only with AVX-512 (PyTorch's mkldnn bf16 device check) and no ISA
-    cap below it; mdt runs fp32. auto takes mdt for fp32 on an AMD CPU at the AVX2 capability of our
-    kernels, else oneDNN for fp32 with AVX-512 or (forward GEMMs) on an AMD CPU, and oneDNN for bf16
-    wherever it runs."""
+    cap below it; mdt runs fp32. auto takes mdt for fp32 forward GEMMs on an AMD CPU at the AVX2
+    capability of our kernels, else oneDNN for fp32 with AVX-512 or (forward GEMMs) on an AMD CPU, and
+    oneDNN for bf16 wherever it runs."""
     if setting == "aten" or (setting == "mdt" and dtype != torch.float32):
         return "aten"
-    if setting == "mdt" or (setting == "auto" and dtype == torch.float32 and _amd_cpu()
+    if setting == "mdt" or (setting == "auto" and dtype == torch.float32 and _amd_cpu() and forward_layout
                             and mk.cpu_capability() == "avx2"):
         return "mdt"
     if not HAS_ONEDNN:
