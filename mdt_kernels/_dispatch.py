@@ -259,9 +259,9 @@ def cpu_gemm_engine(dtype: torch.dtype | None = None) -> str | dict[str, str] | 
     the compiled extension. The setting (MDT_KERNELS_CPU_GEMM or use_cpu_gemm_engine, default "auto")
     chooses per dtype: auto takes an engine only where this CPU runs the dtype on it and it was measured
     faster than ATen (fp32: mdt_kernels' own GEMM for the forward GEMMs at the AVX2 capability on AMD
-    CPUs, oneDNN with AVX-512; bf16 where oneDNN has it); "mdt" takes mdt_kernels' own GEMM for fp32 (ATen for the other
-    dtypes), "onednn" oneDNN wherever it runs the dtype, "aten" ATen always; a dtype oneDNN cannot run
-    here (bf16 without AVX-512) gets ATen's under "onednn"."""
+    CPUs, oneDNN with AVX-512; bf16 where oneDNN has it); "mdt" takes mdt_kernels' own GEMM for fp32
+    (ATen for the other dtypes), "onednn" oneDNN wherever it runs the dtype, "aten" ATen always; a dtype
+    oneDNN cannot run here (bf16 without AVX-512) gets ATen's under "onednn"."""
     if _EXT_ERROR is not None:
         return None
     if dtype is not None:

@@ -116,8 +116,8 @@ bool amd_cpu() {
 // with it was no faster (20-step medians 6918-7049 ms against 6534-6884 ms all on ATen); oneDNN with
 // AVX-512 kernels (MKL's sgemm runs its generic kernels on AMD; 3-12% per projection, forward and dx), and
 // for the forward GEMMs of AMD CPUs at other capabilities; ATen on Intel CPUs without AVX-512, where MKL is
-// tuned. bf16: oneDNN wherever it runs it (ATen's own bf16 mm
-// calls oneDNN there too, without the bias epilogue).
+// tuned. bf16: oneDNN wherever it runs it (ATen's own bf16 mm calls oneDNN there too, without the bias
+// epilogue).
 Engine auto_engine(at::ScalarType dtype, bool forward_layout) {
   if (dtype == at::kFloat) {
     static const bool avx512 = onednn_avx512(), amd = amd_cpu();
@@ -169,6 +169,12 @@ Engine engine(at::ScalarType dtype, bool forward_layout) {
   }
 }
 
+// The engine for y = x w^T: ATen for an empty product, else engine() for w's layout.
+Engine engine_for(const at::Tensor& x, const at::Tensor& w) {
+  if (x.size(0) == 0 || x.size(1) == 0 || w.size(0) == 0) return Engine::kATen;
+  return engine(x.scalar_type(), w.is_contiguous());
+}
+
 const char* engine_label(Engine e) {
   switch (e) {
     case Engine::kOneDNN:
@@ -211,24 +217,19 @@ void set_setting(const std::string& name) {
 std::string engine_name(at::ScalarType dtype) { return engine_label(engine(dtype, /*forward_layout=*/true)); }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
-  if (x.size(1) > 0 && x.size(0) > 0 && w.size(0) > 0) {
-    switch (engine(x.scalar_type(), w.is_contiguous())) {
-      case Engine::kOneDNN:
-        return onednn_linear(x, w, bias);
-      case Engine::kMDT:
-        return mdt_linear(x, w, bias, /*gelu=*/false);
-      default:
-        break;
-    }
+  switch (engine_for(x, w)) {
+    case Engine::kOneDNN:
+      return onednn_linear(x, w, bias);
+    case Engine::kMDT:
+      return mdt_linear(x, w, bias, /*gelu=*/false);
+    default:
+      return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
   }
-  return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
 }
 
 std::optional<at::Tensor> linear_gelu_tanh(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
-  if (x.size(1) > 0 && x.size(0) > 0 && w.size(0) > 0 && engine(x.scalar_type(), w.is_contiguous()) == Engine::kMDT) {
-    return mdt_linear(x, w, bias, /*gelu=*/true);
-  }
-  return std::nullopt;
+  if (engine_for(x, w) != Engine::kMDT) return std::nullopt;
+  return mdt_linear(x, w, bias, /*gelu=*/true);
 }
 
 }  // namespace mdt::gemm

@@ -6,7 +6,7 @@
 // dh = g * GELU'(h + b) that also accumulates db, then the two GEMMs dx = dh W (gemm.h's engine) and
 // dW = dh^T x (at::mm). h (without b) is saved for the backward, as PyTorch saves the GELU input; the
 // inference form (linear_gelu_inference, for sampling under no_grad) keeps no h: GELU runs in place, or,
-// on the mdt GEMM engine, in the GEMM's epilogue on each tile of y while it is in L1.
+// on the mdt GEMM engine, in the GEMM's epilogue on each block of y while it is in L2.
 // db: rows are split in fixed chunks of kRowChunk, each with its own acc_t partial, added in chunk order:
 // deterministic for any thread count.
 #include <torch/library.h>
