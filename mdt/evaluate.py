@@ -1,11 +1,12 @@
-"""Evaluate samples (`mdt eval`): digits accuracy + Frechet distance, or an ADM-evaluator .npz.
+"""Evaluate samples (`mdt eval`): class accuracy + Frechet distance on the built-in sets, or an ADM-evaluator .npz.
 
 `mdt eval SAMPLES.npz` reads an .npz in the ADM format (arr_0: (n, H, W, C) uint8 pictures, arr_1: labels).
-8x8 single-channel digits are judged here (mdt.metrics.digits_quality: accuracy of a digits classifier
-against the requested labels, and the Frechet distance of its features to held-out real digits); the report
-is printed and written as JSON. Any other pictures are checked to be a valid batch for OpenAI's ADM evaluator
-(guided-diffusion evaluations/evaluator.py: FID, sFID, IS, precision, recall), whose command line is printed.
-`mdt eval --checkpoint CKPT` samples a digits checkpoint first (the options of `mdt sample`).
+Single-channel pictures of a built-in set (8x8 digits, 32x32 MNIST) are judged here (mdt.metrics.sample_quality:
+accuracy of the set's classifier against the requested labels, and the Frechet distance of its features to the
+set's held-out real images); the report is printed and written as JSON. Any other pictures are checked to be a
+valid batch for OpenAI's ADM evaluator (guided-diffusion evaluations/evaluator.py: FID, sFID, IS, precision,
+recall), whose command line is printed.
+`mdt eval --checkpoint CKPT` samples a checkpoint of a built-in set first (the options of `mdt sample`).
 `mdt eval SAMPLES.npz --fid REF` computes FID and Inception Score in PyTorch (mdt.fid: torch-fidelity's
 Inception-v3, which reproduces the TensorFlow numbers) against REF: an ADM reference batch (.npz with mu/sigma),
 an .npz of pictures or a folder of pictures.
@@ -29,19 +30,22 @@ ADM_EVALUATOR = "https://github.com/openai/guided-diffusion/tree/main/evaluation
 REF_BATCHES = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet"
 REF_BATCH_NAMES = {64: "VIRTUAL_imagenet64_labeled.npz", 128: "VIRTUAL_imagenet128_labeled.npz",
                    256: "VIRTUAL_imagenet256_labeled.npz", 512: "VIRTUAL_imagenet512.npz"}
-DIGITS_SHAPE = (8, 8, 1)
 
 
-def evaluate_digits(pictures: np.ndarray, labels: np.ndarray | None) -> dict:
-    """mdt.metrics.digits_quality of (n, 8, 8, 1) uint8 digits against their labels."""
-    from .metrics import digits_quality
+def evaluate_builtin(data: str, pictures: np.ndarray, labels: np.ndarray | None) -> dict:
+    """mdt.metrics.sample_quality of (n, S, S, 1) uint8 pictures of the built-in set `data` against their
+    labels, with the held-out accuracy of the classifier that judged them."""
+    from .metrics import classifier_accuracy, sample_quality
 
     if labels is None:
-        raise InputError("digits samples need their labels (arr_1) to measure accuracy")
+        raise InputError(f"{data} samples need their labels (arr_1) to measure accuracy")
+    if len(labels) < 2:
+        raise InputError(f"a Frechet distance needs at least 2 samples, the file has {len(labels)}")
     if labels.min() < 0 or labels.max() > 9:
-        raise InputError(f"digits labels must be in 0..9, found {labels.min()}..{labels.max()}")
-    x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 1, 8, 8) in [-1, 1]
-    return {"kind": "digits", **digits_quality(x, torch.from_numpy(labels.astype(np.int64)))}
+        raise InputError(f"{data} labels must be in 0..9, found {labels.min()}..{labels.max()}")
+    x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 1, S, S) in [-1, 1]
+    return {"kind": data, **sample_quality(data, x, torch.from_numpy(labels.astype(np.int64))),
+            "classifier_accuracy": classifier_accuracy(data)}
 
 
 def adm_report(path: str, pictures: np.ndarray) -> dict:
@@ -59,7 +63,8 @@ def adm_report(path: str, pictures: np.ndarray) -> dict:
 
 def add_arguments(parser):
     parser.add_argument("samples", nargs="?", help="ADM-format .npz (from `mdt sample`)")
-    parser.add_argument("--checkpoint", help="a digits training checkpoint: sample it, then evaluate")
+    parser.add_argument("--checkpoint", help="a training checkpoint of a built-in set (digits, mnist): sample it, "
+                        "then evaluate")
     parser.add_argument("--out", default=None,
                         help="JSON report; unset: SAMPLES.eval.json, or CHECKPOINT.eval.json")
     parser.add_argument("--fid", metavar="REF", default=None,
@@ -107,26 +112,32 @@ def run(args):
         return run_fid(args)
     if args.prec_recall:
         raise UsageError("--prec-recall goes with --fid REF (the reference pictures)")
+    from .metrics import JUDGES, judge_for_shape
+
     if args.checkpoint is not None:
         model, info = load_model(args.checkpoint, weights=args.weights, device=args.device or default_device())
-        if (info["in_channels"], info["input_size"], info["num_classes"]) != (1, 8, 10) or info.get("vae"):
-            raise UsageError(f"--checkpoint evaluates digits models only; {args.checkpoint!r} is a {info['model']} "
-                             f"on {info.get('data')}: sample it with `mdt sample` and evaluate the .npz")
+        data = info.get("data")
+        if data not in JUDGES or info.get("vae"):
+            raise UsageError(f"--checkpoint evaluates models of the built-in sets ({', '.join(JUDGES)}) only; "
+                             f"{args.checkpoint!r} is a {info['model']} on {data}: sample it with `mdt sample` and "
+                             "evaluate the .npz")
         pictures, labels = sample_pictures(model, info, args)
-        report = {"kind": "digits", "checkpoint": args.checkpoint, "weights": args.weights,
-                  "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
-                  **evaluate_digits(pictures, labels.numpy())}
+        report = {"checkpoint": args.checkpoint, "weights": args.weights, "sampler": args.sampler,
+                  "steps": args.steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
+                  **evaluate_builtin(data, pictures, labels.numpy())}
         source = args.checkpoint
     else:
         pictures, labels = read_samples(args.samples)
         source = args.samples
-        if pictures.shape[1:] == DIGITS_SHAPE:
-            report = {"samples": args.samples, **evaluate_digits(pictures, labels)}
+        judge = judge_for_shape(pictures.shape[1:][::-1])  # (n, S, S, C) -> (C, S, S)
+        if judge is not None:
+            report = {"samples": args.samples, **evaluate_builtin(judge.data, pictures, labels)}
         else:
             report = adm_report(args.samples, pictures)
-    if report["kind"] == "digits":
-        print(f"digits: accuracy {report['accuracy']:.4f}, Frechet distance {report['frechet']:.4f} "
-              f"({report['n']} samples)")
+    if report["kind"] in JUDGES:
+        print(f"{report['kind']}: accuracy {report['accuracy']:.4f}, Frechet distance {report['frechet']:.4f} "
+              f"({report['n']} samples; the judging classifier scores {report['classifier_accuracy']:.4f} on the "
+              "held-out real images)")
     else:
         print(f"{source}: {report['n']} pictures of {report['shape'][1]}x{report['shape'][2]}x3, a valid batch for "
               f"the ADM evaluator ({ADM_EVALUATOR}; needs TensorFlow).")

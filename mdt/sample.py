@@ -114,7 +114,7 @@ def read_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError(f"{path!r} is not a readable .npz file ({e})") from e
     if pictures.dtype != np.uint8 or pictures.ndim != 4 or pictures.shape[-1] not in (1, 3):
         raise InputError(f"{path!r}: arr_0 is {pictures.dtype} of shape {pictures.shape}; expected uint8 pictures "
-                         "(n, H, W, 3), or (n, 8, 8, 1) digits")
+                         "(n, H, W, 3), or (n, S, S, 1) single-channel digits")
     if labels is not None and labels.shape != (len(pictures),):
         raise InputError(f"{path!r}: arr_1 has shape {labels.shape}, expected one label per picture "
                          f"({len(pictures)},)")

@@ -30,6 +30,7 @@ import mdt_kernels as mk
 from . import checkpoint as ckpt
 from .data import TrainData, open_dataset
 from .errors import NonFiniteError, UsageError
+from .metrics import JUDGES, sample_quality
 from .models import MODELS
 from .train_step import OPTIMIZERS, PRECISIONS, TrainConfig, build_train_step, model_config, rng_state
 from .utils import Dist, all_gather_objects, init_distributed
@@ -284,16 +285,15 @@ def _sample_labels(n: int, num_classes: int) -> torch.Tensor:
 
 
 def _evaluate(ema, data: TrainData, cfg: TrainConfig, d: Dist, step: int, log, train_seconds: float) -> dict | None:
-    """Digits only: class accuracy and Frechet distance of EMA samples (rank 0; others wait)."""
+    """Built-in sets (digits, mnist): class accuracy and Frechet distance of EMA samples (rank 0; others wait)."""
     result = None
-    if d.main and cfg.data == "digits":
-        from .metrics import digits_quality
+    if d.main and cfg.data in JUDGES:
         from .sample import generate
 
         labels = _sample_labels(cfg.eval_samples, data.num_classes)
         samples = generate(ema, labels, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, clip_denoised=True,
                            seed=cfg.seed + 12345)
-        result = digits_quality(samples, labels)
+        result = sample_quality(cfg.data, samples, labels)
         result.update(cfg_scale=cfg.cfg_scale, sample_steps=cfg.sample_steps)
         log.write({"step": step, "train_seconds": train_seconds, "eval": result})
     if d.world > 1:
@@ -302,7 +302,7 @@ def _evaluate(ema, data: TrainData, cfg: TrainConfig, d: Dist, step: int, log, t
 
 
 def _finish(cfg, ema, data, d, step, log, train_seconds) -> dict | None:
-    """Loss curve, sample grid and (digits) the quality of the final EMA model, in the run folder."""
+    """Loss curve, sample grid and (built-in sets) the quality of the final EMA model, in the run folder."""
     result = _evaluate(ema, data, cfg, d, step, log, train_seconds)
     if not d.main:
         return result
@@ -312,7 +312,7 @@ def _finish(cfg, ema, data, d, step, log, train_seconds) -> dict | None:
     per_class = 10
     labels = torch.arange(data.num_classes).repeat_interleave(per_class)[: 10 * per_class]
     pictures = generate(ema, labels, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
-                        clip_denoised=cfg.data == "digits", seed=cfg.seed + 777)
+                        clip_denoised=cfg.data in JUDGES, seed=cfg.seed + 777)
     save_grid(data.decode(pictures), os.path.join(cfg.out, "samples.png"), nrow=per_class)
     if result is not None:
         with open(os.path.join(cfg.out, "eval.json"), "w") as f:
@@ -331,7 +331,8 @@ def add_arguments(p) -> None:
     c, flag = TrainConfig(), argparse.BooleanOptionalAction
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=c.model, help="model name (mdt.models.MODELS, e.g. MDTv2-Ti/2, DiT-S/2)")
-    g.add_argument("--data", default=c.data, help="'digits', a `mdt prepare-latents` folder or an image folder")
+    g.add_argument("--data", default=c.data,
+                   help="'digits' (8x8), 'mnist' (32x32), a `mdt prepare-latents` folder or an image folder")
     g.add_argument("--vae", default=c.vae, help="VAE for image folders (diffusers name or path)")
     g.add_argument("--image-size", type=int, default=c.image_size)
     g.add_argument("--mask-ratio", type=float, default=c.mask_ratio)
@@ -361,7 +362,7 @@ def add_arguments(p) -> None:
     g.add_argument("--log-every", type=int, default=c.log_every)
     g.add_argument("--ckpt-every", type=int, default=c.ckpt_every)
     g.add_argument("--keep-last", type=int, default=c.keep_last, help="checkpoints to keep (0: all)")
-    g.add_argument("--eval-every", type=int, default=c.eval_every, help="digits: evaluate the EMA every N steps")
+    g.add_argument("--eval-every", type=int, default=c.eval_every, help="digits, mnist: evaluate the EMA every N steps")
     g.add_argument("--eval-samples", type=int, default=c.eval_samples)
     g.add_argument("--sample-steps", type=int, default=c.sample_steps)
     g.add_argument("--cfg-scale", type=float, default=c.cfg_scale)

@@ -28,7 +28,7 @@ OPTIMIZERS = ("adan", "adamw")
 @dataclass
 class TrainConfig:
     model: str = "MDTv2-S/2"  # a name of mdt.models.MODELS
-    data: str = "digits"  # "digits", a `mdt prepare-latents` folder, or an image folder (encoded per step)
+    data: str = "digits"  # "digits", "mnist", a `mdt prepare-latents` folder, or an image folder (encoded per step)
     vae: str | None = None  # VAE for image folders (default stabilityai/sd-vae-ft-mse)
     image_size: int = 256  # image folders: center-crop size
     out: str = "runs/mdt"  # output folder: checkpoints/, metrics.jsonl, loss.png, samples.png, eval.json
@@ -52,8 +52,8 @@ class TrainConfig:
     log_every: int = 50
     ckpt_every: int = 1000
     keep_last: int = 0  # checkpoints kept (0: all)
-    eval_every: int = 0  # digits: sample + evaluate the EMA model every N steps (0: only at the end)
-    eval_samples: int = 500  # samples per evaluation (digits)
+    eval_every: int = 0  # digits, mnist: sample + evaluate the EMA model every N steps (0: only at the end)
+    eval_samples: int = 500  # samples per evaluation (digits, mnist)
     sample_steps: int = 100  # DDPM steps for evaluation samples and the final grid
     cfg_scale: float = 1.5  # guidance for evaluation samples and the grid (<= 1: none)
     progress: bool = True

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import MissingPackageError, UsageError
-from .base import TrainData
+from .base import LabelledImages, held_out
 
 DIGITS_MAX = 16.0  # pixel values of sklearn's digits are integers in [0, 16]
 DIGITS_TEST_FRACTION = 0.2  # held out per class, for the quality metric
@@ -29,11 +29,7 @@ def digits_split(split: str = "train", seed: int = 0) -> tuple[torch.Tensor, tor
     if split not in ("train", "test"):
         raise UsageError(f"split must be 'train' or 'test', got {split!r}")
     images, labels = _digits_arrays()
-    rng = np.random.RandomState(seed)
-    test = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        test[rng.choice(idx, size=int(round(DIGITS_TEST_FRACTION * len(idx))), replace=False)] = True
+    test = held_out(labels, DIGITS_TEST_FRACTION, seed)
     keep = test if split == "test" else ~test
     x = torch.from_numpy(images[keep] / (DIGITS_MAX / 2) - 1.0).unsqueeze(1)  # (n, 1, 8, 8) in [-1, 1]
     return x.float(), torch.from_numpy(labels[keep])
@@ -44,20 +40,11 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-class DigitsData(TrainData):
+class DigitsData(LabelledImages):
     """The training split of the 8x8 digits, held in memory: (1, 8, 8) images in [-1, 1], 10 classes."""
 
-    in_channels, input_size, num_classes = 1, 8, 10
+    num_classes = 10
 
     def __init__(self, split: str = "train"):
-        self.x, self.y = digits_split(split)
-        self.description = f"digits ({split} split, {len(self.y)} images)"
-
-    def __len__(self):
-        return len(self.y)
-
-    def batch(self, indices):
-        return {"x": self.x[indices], "y": self.y[indices]}
-
-    def to_model_input(self, batch, device):
-        return batch["x"].to(device, non_blocking=True), batch["y"].to(device, non_blocking=True)
+        x, y = digits_split(split)
+        super().__init__(x, y, f"digits ({split} split, {len(y)} images)")
