@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 PIP := $(VPY) -m pip install --no-input
 
-.PHONY: venv build test test-sanitize train bench bench-optim bench-micro lint clean
+.PHONY: venv build test test-sanitize train bench bench-optim bench-micro lint clean FORCE
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -19,11 +19,38 @@ venv: $(VPY)
 	@$(VPY) -c "import importlib.util as u; assert u.find_spec('torch_fidelity')" 2>/dev/null || \
 		$(PIP) --no-deps "torch-fidelity==0.4.0"
 
+# `make build` (and so test, train, bench) runs pip, which compiles the whole extension (minutes), only when
+# something the extension is built from is newer than the last build's stamp $(BUILT): a file under csrc/
+# (or one added or removed there), setup.py, pyproject.toml, the venv (made anew, or another torch in it) or one
+# of setup.py's environment switches (BUILD_ENV_VARS, recorded in $(BUILD_ENV)). It also runs when the stamp,
+# the venv, the mdt command or a built extension is missing. `make clean` removes the stamp with build/.
+BUILT := build/.built
+BUILD_ENV := build/.build-env
+BUILD_ENV_VARS := MDT_KERNELS_CUDA MDT_KERNELS_CUDA_ARCHS TORCH_CUDA_ARCH_LIST MDT_KERNELS_CPU_ARCH \
+	MDT_KERNELS_SIM_ONLY DEBUG CUDA_HOME
+BUILD_ENV_LINE := $(foreach v,$(BUILD_ENV_VARS),$(v)=$($(v)))
+BUILD_INPUTS := $(shell find csrc) setup.py pyproject.toml $(BUILD_ENV) \
+	$(wildcard $(VENV)/pyvenv.cfg $(VENV)/lib/python*/site-packages/torch/version.py)
+BUILD_OUTPUTS := $(VENV)/pyvenv.cfg $(VENV)/bin/mdt mdt_kernels/_C.*so mdt_kernels/_C_sim.*so
+BUILD_MISSING := $(strip $(foreach f,$(BUILD_OUTPUTS),$(if $(wildcard $(f)),,$(f))))
+
+build: $(BUILT)
+
 # --no-build-isolation: build against the torch in the venv (isolation would fetch a CUDA torch).
 # --no-deps: torch and friends are installed above, never resolved by pip here.
 # MDT_KERNELS_SIM=1: also the test-only cuda_sim extension (the CUDA kernels on the CPU, for the tests).
-build: venv
+# The stamp takes the time the build started, so that a source edited during the build counts as newer.
+$(BUILT): $(BUILD_INPUTS) $(if $(BUILD_MISSING),FORCE) | venv
+	@mkdir -p $(@D) && touch $@.started
 	MDT_KERNELS_SIM=1 $(PIP) --no-build-isolation --no-deps -e .
+	@mv $@.started $@
+
+# Rewritten (so newer than the stamp) only when a switch's value differs from the last run's.
+$(BUILD_ENV): FORCE
+	@mkdir -p $(@D)
+	@echo '$(BUILD_ENV_LINE)' | cmp -s - $@ || echo '$(BUILD_ENV_LINE)' > $@
+
+FORCE:
 
 test: build
 	$(VPY) -m pytest -q
