@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Under ATEN_CPU_CAPABILITY, torch.compile (--compile) gets an inductor cache of its own per capability.
+    from mdt_kernels._dispatch import use_inductor_cache_per_aten_capability
+
+    use_inductor_cache_per_aten_capability()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

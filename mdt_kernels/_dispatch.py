@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import warnings
 
 import torch
@@ -334,3 +335,28 @@ class use_cpu_capability(_Switch):
 
     _check, _get, _set = staticmethod(_check_capability), staticmethod(cpu_capability), staticmethod(
         set_cpu_capability)
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch.compile under a capped ATen
+
+
+def use_inductor_cache_per_aten_capability(environ=os.environ) -> str | None:
+    """Gives processes that cap ATen (ATEN_CPU_CAPABILITY) an inductor cache of their own per capability:
+    sets TORCHINDUCTOR_CACHE_DIR to inductor's default directory + "_aten-<capability>" when the cap is set
+    and the variable is not (a directory the user chose is kept). Returns the directory it set, else None.
+
+    torch 2.13's inductor caches are not keyed on the cap: a process capped at avx2 loads the graph an
+    uncapped one compiled for AVX-512 and builds its C++ kernels, written for 16 lanes, with AVX2's 8-lane
+    at::vec (wrong numbers: half of each step is skipped, and partial loads overrun their 8-lane buffer);
+    under the baseline cap that code does not compile at all; the other way round, an uncapped process builds
+    kernels written for AVX2 with AVX-512's 16 lanes and corrupts the heap. Inductor reads the variable at its
+    first compile: call this before any torch.compile."""
+    cap = environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if not cap or environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    directory = f"{default_cache_dir()}_aten-{re.sub(r'[^a-z0-9_]', '_', cap)}"
+    environ["TORCHINDUCTOR_CACHE_DIR"] = directory
+    return directory

@@ -15,6 +15,13 @@ if os.environ.get("TRITON_INTERPRET") is None:
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
 
+# A run with ATen capped (ATEN_CPU_CAPABILITY, as in .ci/run's second pass) gets an inductor cache of its
+# own: torch.compile would otherwise build the C++ kernels an uncapped run wrote for wider vectors, or the
+# other way round (wrong numbers, a corrupt heap).
+from mdt_kernels._dispatch import use_inductor_cache_per_aten_capability  # noqa: E402
+
+use_inductor_cache_per_aten_capability()
+
 
 @pytest.fixture(autouse=True)
 def _seed():
