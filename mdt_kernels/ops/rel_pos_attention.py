@@ -34,7 +34,12 @@ def rel_pos_attention_ref(qkv, table, grid_size, ids_keep=None, scale=None):
     """Plain PyTorch, as MDT runs it: the bias tensor, then scaled_dot_product_attention on q, k, v."""
     q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, H, K, Dh) each
     bias = masked_rel_pos_bias_ref(table, grid_size, ids_keep).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale).transpose(1, 2)  # (B, K, H, Dh)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale).transpose(1, 2)  # (B, K, H, Dh)
+    if out.numel() == 0:
+        # SDPA gives an empty output no gradient for its mask, and so none for the table: join the bias to the
+        # output, so that the table's gradient is zeros (DDP expects one from every rank, also one with B = 0).
+        out = out + 0 * bias.sum()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

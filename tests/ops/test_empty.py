@@ -6,7 +6,8 @@ not written some other way, and the comparison with the reference sees it.
 
 The backward always runs, also when the output is empty (``autograd.grad`` with an empty cotangent), and
 the reference's gradients are checked against what they must be: zeros of the input's shape when the
-output is empty, else the closed forms given per case (a mask token or bias that is all that is left)."""
+output is empty, else the closed forms given per case (a mask token or bias that is all that is left).
+Every backend, the reference included, must give each differentiable input a gradient tensor, never None."""
 
 from __future__ import annotations
 
@@ -178,8 +179,10 @@ for _op in ("adaln_modulate", "gated_residual", "residual_adaln_modulate"):
                   f"{_op}-D0": adaln_case(_op, 2, 4, 0), f"{_op}-B0N0": adaln_case(_op, 0, 0, 8)})
 
 def _run(backend, fn, inputs, wrt, cotangents=None):
-    """Outputs (a tuple) and the gradients w.r.t. inputs[wrt] (zeros where autograd gives None), the
-    backward run even when every output is empty. cotangents: one per output, else drawn here."""
+    """Outputs (a tuple) and the gradients w.r.t. inputs[wrt], the backward run even when every output is
+    empty. cotangents: one per output, else drawn here. Every input in wrt must get a gradient tensor, zeros
+    where nothing reached it, never None: DDP expects a gradient for every parameter from every rank, also
+    from one whose batch is empty."""
     leaves = [t.detach().requires_grad_(True) if i in wrt else t for i, t in enumerate(inputs)]
     with mk.use_backend(backend):
         outs = fn(*leaves)
@@ -187,8 +190,9 @@ def _run(backend, fn, inputs, wrt, cotangents=None):
     if cotangents is None:
         cotangents = [_rand(*o.shape, dtype=o.dtype, device=o.device) for o in outs]
     grads = torch.autograd.grad(outs, [leaves[i] for i in wrt], cotangents, allow_unused=True)
-    grads = [torch.zeros_like(leaves[i]) if g is None else g for i, g in zip(wrt, grads)]
-    return [o.detach() for o in outs], grads, cotangents
+    missing = [i for i, g in zip(wrt, grads) if g is None]
+    assert not missing, f"{backend}: no gradient (None) for inputs {missing}"
+    return [o.detach() for o in outs], list(grads), cotangents
 
 
 @pytest.mark.parametrize("backend,device", PAIRS)
