@@ -92,12 +92,37 @@ def load_file(path: str, map_location="cpu"):
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch's note on a file pickled with another protocol than its own: noise whether the file then loads
+            # or is refused, and a second line under the one-line error of a refused one.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - the unpickler fails on damaged bytes with many exception types
         if isinstance(e, MemoryError):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt ({first})") from e
+        reason = load_error_reason(path, e)
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt, or not a torch.save file of tensors and "
+                              f"plain containers{f' ({reason})' if reason else ''}") from e
+
+
+# Words of torch's advice on a file that weights_only=True refuses: load it with weights_only=False, or
+# allowlist its classes "if you trust" them; either runs whatever code the file holds.
+_UNSAFE_ADVICE = re.compile(r"weights_only|pickl|safe_globals|allowlist|trust", re.IGNORECASE)
+
+
+def load_error_reason(path: str, e: Exception) -> str | None:
+    """Why torch.load(weights_only=True) failed on path, in a few words of ours; None where torch's own say
+    nothing ('pop from empty list', a KeyError's '101' on random bytes). torch's advice to load the file
+    unsafely never reaches the user: its reason is kept only where it is a plain description (the zip
+    reader's, on a truncated file)."""
+    text = str(e).strip()
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:  # a torch.save file holding objects other than tensors and plain containers
+        return f"it names the Python class or function {found.group(1)}, which mdt never loads: that can run any code"
+    if os.path.getsize(path) == 0:
+        return "the file is empty"
+    first = text.splitlines()[0].split(". ")[0] if text else ""
+    return first if isinstance(e, RuntimeError) and first and not _UNSAFE_ADVICE.search(first) else None
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

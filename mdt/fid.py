@@ -96,7 +96,11 @@ def load_inception(path: str | None = None, device="cpu"):
     try:
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
-        raise InputError(f"{path!r} is not a plain state dict of Inception weights ({str(e).splitlines()[0]})") from e
+        from .checkpoint import load_error_reason
+
+        reason = load_error_reason(path, e)
+        raise InputError(f"{path!r} is not a plain state dict of Inception weights{f' ({reason})' if reason else ''}") \
+            from e
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.load(weights_only=False) inside, on the file checked above
         try:
@@ -233,7 +237,7 @@ def reference_features(ref: str, features_of, need_features: bool = False):
     them, computed by the TensorFlow graph, next to their pictures), an .npz of pictures (arr_0), or a folder of
     pictures. features_of(uint8 NHWC) -> features. need_features: the reference pictures' features are
     computed (precision/recall), also where mu/sigma are stored."""
-    from .sample import read_samples
+    from .sample import npz_array, open_npz, read_samples
 
     if os.path.isdir(ref):
         pictures = read_image_folder(ref)
@@ -241,13 +245,13 @@ def reference_features(ref: str, features_of, need_features: bool = False):
         return (*feature_stats(feats), feats, f"{len(pictures)} pictures of {ref}")
     if not os.path.isfile(ref):
         raise MissingInputError(f"reference {ref!r} does not exist (give an .npz or a folder of pictures)")
-    with np.load(ref, allow_pickle=False) as f:
+    with open_npz(ref, "reference") as f:
         stored = "mu" in f.files and "sigma" in f.files
+        mu_sigma = tuple(npz_array(f, k, ref).astype(np.float64) for k in ("mu", "sigma")) if stored else None
         if stored and not need_features:
-            return f["mu"].astype(np.float64), f["sigma"].astype(np.float64), None, f"mu/sigma of {ref}"
+            return *mu_sigma, None, f"mu/sigma of {ref}"
         if stored and "arr_0" not in f.files:
             raise InputError(f"precision/recall need the reference pictures; {ref!r} holds only mu/sigma")
-        mu_sigma = (f["mu"].astype(np.float64), f["sigma"].astype(np.float64)) if stored else None
     pictures, _ = read_samples(ref)
     feats = features_of(pictures)
     mu, sigma = mu_sigma or feature_stats(feats)

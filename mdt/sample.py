@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -99,19 +100,44 @@ def save_npz(pictures: torch.Tensor, labels: torch.Tensor, path: str) -> str:
     return path
 
 
+# numpy reads a file that is neither a zip nor an .npy as a pickle, and an object array as pickled data; with
+# allow_pickle=False it refuses both with advice to load the file unsafely (allow_pickle=True), which would run
+# whatever code the file holds. open_npz and npz_array say what is wrong in their own words instead.
+_NPZ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def open_npz(path: str, what: str = "samples file"):
+    """np.load(path, allow_pickle=False) of an .npz (a context manager), with a one-line InputError naming the
+    file when it is not an .npz; `what` names the file's role in the message."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as e:
+        raise InputError(f"{what} {path!r} is not an .npz file (the zip of .npy arrays that np.savez writes)") from e
+    if not isinstance(f, np.lib.npyio.NpzFile):  # an .npy: a single array, not named ones
+        raise InputError(f"{what} {path!r} is a single .npy array, not an .npz file (the zip of .npy arrays that "
+                         "np.savez writes)")
+    return f
+
+
+def npz_array(f, name: str, path: str) -> np.ndarray:
+    """Array `name` of an .npz opened by open_npz, with a one-line InputError when it cannot be read."""
+    try:
+        return f[name]
+    except _NPZ_ERRORS as e:
+        problem = "holds Python objects, not numbers" if "pickle" in str(e) else "is truncated or corrupt"
+        raise InputError(f"{path!r}: array {name} {problem}") from e
+
+
 def read_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(arr_0 pictures, arr_1 labels or None) of an ADM-format .npz, with one-line errors for other files."""
     if not os.path.isfile(path):
         raise MissingInputError(f"samples file {path!r} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "arr_0" not in f.files:
-                raise InputError(f"{path!r} has no arr_0 (arrays: {', '.join(f.files) or 'none'}); expected the "
-                                 "ADM format written by `mdt sample`")
-            pictures = f["arr_0"]
-            labels = f["arr_1"] if "arr_1" in f.files else None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise InputError(f"{path!r} is not a readable .npz file ({e})") from e
+    with open_npz(path) as f:
+        if "arr_0" not in f.files:
+            raise InputError(f"{path!r} has no arr_0 (arrays: {', '.join(f.files) or 'none'}); expected the "
+                             "ADM format written by `mdt sample`")
+        pictures = npz_array(f, "arr_0", path)
+        labels = npz_array(f, "arr_1", path) if "arr_1" in f.files else None
     if pictures.dtype != np.uint8 or pictures.ndim != 4 or pictures.shape[-1] not in (1, 3):
         raise InputError(f"{path!r}: arr_0 is {pictures.dtype} of shape {pictures.shape}; expected uint8 pictures "
                          "(n, H, W, 3), or (n, S, S, 1) single-channel digits")

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, MissingInputError, UsageError
 from ..utils import default_device
 from .base import TrainData
 from .images import load_image, scan_image_folder
@@ -125,6 +125,23 @@ def read_meta(path: str) -> dict:
     return meta
 
 
+def _load_npy(folder: str, name: str, mmap_mode=None) -> np.ndarray:
+    """np.load of folder/name, an array file of prepare_latents, with a one-line InputError when it is not one
+    (numpy takes any other file for a pickle, and refuses it with advice to load it unsafely: not passed on)."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise MissingInputError(f"latent folder {folder!r} has no {name} (`mdt prepare-latents` writes it)")
+    try:
+        arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as e:
+        raise InputError(f"latent folder {folder!r}: {name} is truncated or corrupt, or not an .npy array of "
+                         "numbers") from e
+    if not isinstance(arr, np.ndarray):  # an .npz
+        arr.close()
+        raise InputError(f"latent folder {folder!r}: {name} is an .npz file, not an .npy array")
+    return arr
+
+
 class LatentFolder(TrainData):
     """A folder written by `prepare_latents`, memory-mapped. Each step draws, per example, the flip (p = 0.5)
     and a posterior sample on the device, as MDT does when it encodes images on the fly."""
@@ -132,9 +149,9 @@ class LatentFolder(TrainData):
     def __init__(self, path: str, vae=None):
         self.meta = meta = read_meta(path)
         self.path = path
-        self.mean = np.load(os.path.join(path, "mean.npy"), mmap_mode="r")  # (n, 2, C, h, w) float16
-        self.std = np.load(os.path.join(path, "std.npy"), mmap_mode="r")
-        self.labels = np.load(os.path.join(path, "labels.npy"))  # (n,) int64
+        self.mean = _load_npy(path, "mean.npy", mmap_mode="r")  # (n, 2, C, h, w) float16
+        self.std = _load_npy(path, "std.npy", mmap_mode="r")
+        self.labels = _load_npy(path, "labels.npy")  # (n,) int64
         n, (c, h, w) = meta["count"], meta["latent_shape"]
         for name, arr in (("mean", self.mean), ("std", self.std)):
             if arr.shape != (n, 2, c, h, w):
