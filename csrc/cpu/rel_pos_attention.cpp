@@ -5,16 +5,20 @@
 // Eager PyTorch (masked_rel_pos_bias + scaled_dot_product_attention, math path on CPU) materialises the
 // (B,H,K,K) bias, scales q and k, runs a batched matmul, adds the bias, runs softmax as its own pass, and
 // in backward runs softmax_backward and then sums the (B,H,K,K) score gradient into the table. Here one
-// task per (b, h) does, with its K x K block in cache (the row passes: vec/rel_pos_attention.cpp, compiled
-// per instruction set):
-//   forward:  S = q k^T (BLAS), one pass  P = softmax(S * scale + bias)  (P saved for backward), O = P v.
-//             The inference form (rel_pos_attention_inference, for sampling under no_grad) keeps P in a
-//             per-thread K x K buffer instead of the (B,H,K,K) tensor the backward would read.
-//   backward: dP = dO v^T, dv = P^T dO, one pass  dS = P * (dP - rowsum(P * dP))  that also adds dS into
-//             this task's slice of the table gradient, dq = scale * dS k, dk = scale * dS^T q.
+// task per (b, h) does, with its K x K block in a per-thread buffer in cache (the row passes:
+// vec/rel_pos_attention.cpp, compiled per instruction set):
+//   forward:  S = q k^T (BLAS), one pass  P = softmax(S * scale + bias)  that also gives each row's max and
+//             reciprocal sum (the stats, saved for backward, (B,H,K,2)), O = P v. The inference form
+//             (rel_pos_attention_inference, for sampling under no_grad) skips the stats.
+//   backward: S = q k^T again and one pass that recomputes the forward's P from the stats, bit for bit (as
+//             flash attention does: recomputing P costs one K x K x Dh product, keeping it would cost a
+//             (B,H,K,K) tensor written, read back and faulted into memory on every step), dP = dO v^T,
+//             dv = P^T dO, one pass
+//             dS = P * (dP - rowsum(P * dP))  that also adds dS into this task's slice of the table
+//             gradient, dq = scale * dS k, dk = scale * dS^T q.
 // Bias index: idx(p,q) = A(p) - L(q), offsets from rel_pos_offsets.h.
 // Table-gradient slices (one per (b,h)) are summed over b in order: deterministic for any thread count.
-// fp16/bf16 inputs are computed in fp32 (P and the accumulators are fp32); fp64 in fp64.
+// fp16/bf16 inputs are computed in fp32 (P, the stats and the accumulators are fp32); fp64 in fp64.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -82,40 +86,39 @@ at::Tensor compute_qkv(const at::Tensor& qkv) {
 
 template <typename T>
 void forward_kernel(const at::Tensor& qkv, const at::Tensor& tableT, const RelPosOffsets& off, T scale,
-                    at::Tensor& out, T* pr /* (B,H,K,K), or null: inference, P stays per thread */) {
+                    at::Tensor& out, T* stats /* (B,H,K,2), or null: inference */) {
   const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4), R = tableT.size(1);
   const int64_t sB = qkv.stride(0), sK = qkv.stride(1), s3 = qkv.stride(2), sH = qkv.stride(3);
   const T* base = qkv.const_data_ptr<T>();
   const T* tab = tableT.const_data_ptr<T>();
   T* o = out.data_ptr<T>();  // (B, K, H, Dh) contiguous
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(pr == nullptr ? static_cast<size_t>(K * K) : 0);
+    std::vector<T> P(static_cast<size_t>(K * K));
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const T* q = base + b * sB + h * sH;
       const T* k = q + s3;
       const T* v = q + 2 * s3;
-      T* P = pr != nullptr ? pr + bh * K * K : scratch.data();
-      gemm_rm<T>(false, true, K, K, Dh, T(1), q, sK, k, sK, T(0), P, K);  // S = q k^T
-      cpu::rel_pos_softmax<T>()(P, K, tab + h * R, off.A.data() + b * K, off.L.data() + b * K, scale);
-      gemm_rm<T>(false, false, K, Dh, K, T(1), P, K, v, sK, T(0), o + b * K * H * Dh + h * Dh, H * Dh);  // O = P v
+      gemm_rm<T>(false, true, K, K, Dh, T(1), q, sK, k, sK, T(0), P.data(), K);  // S = q k^T
+      cpu::rel_pos_softmax<T>()(P.data(), K, tab + h * R, off.A.data() + b * K, off.L.data() + b * K, scale,
+                                stats != nullptr ? stats + 2 * bh * K : nullptr);
+      gemm_rm<T>(false, false, K, Dh, K, T(1), P.data(), K, v, sK, T(0), o + b * K * H * Dh + h * Dh, H * Dh);
     }
   });
 }
 
 template <typename T>
-void backward_kernel(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& probs, const RelPosOffsets& off,
-                     T scale, at::Tensor& dqkv, std::vector<T>& dtab) {
-  const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4);
-  const int64_t R = static_cast<int64_t>(dtab.size()) / (B * H);
+void backward_kernel(const at::Tensor& grad, const at::Tensor& qkv, const at::Tensor& tableT, const T* stats,
+                     const RelPosOffsets& off, T scale, at::Tensor& dqkv, std::vector<T>& dtab) {
+  const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4), R = tableT.size(1);
   const int64_t sB = qkv.stride(0), sK = qkv.stride(1), s3 = qkv.stride(2), sH = qkv.stride(3);
   const int64_t gK = H * Dh;  // grad and dqkv are contiguous
   const T* base = qkv.const_data_ptr<T>();
+  const T* tab = tableT.const_data_ptr<T>();
   const T* g = grad.const_data_ptr<T>();
-  const T* pr = probs.const_data_ptr<T>();
   T* d = dqkv.data_ptr<T>();  // (B, K, 3, H, Dh) contiguous
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> dP(static_cast<size_t>(K * K));
+    std::vector<T> P(static_cast<size_t>(K * K)), dP(static_cast<size_t>(K * K));
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / H, h = bh % H;
       const T* q = base + b * sB + h * sH;
@@ -125,19 +128,22 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& qkv, const at::Te
       T* dq = d + b * K * 3 * gK + h * Dh;
       T* dk = dq + gK;
       T* dv = dq + 2 * gK;
-      const T* P = pr + bh * K * K;
-      gemm_rm<T>(false, true, K, K, Dh, T(1), dO, gK, v, sK, T(0), dP.data(), K);  // dP = dO v^T
-      gemm_rm<T>(true, false, K, Dh, K, T(1), P, K, dO, gK, T(0), dv, 3 * gK);      // dv = P^T dO
-      cpu::rel_pos_softmax_bwd<T>()(P, dP.data(), K, dtab.data() + bh * R, off.A.data() + b * K, off.L.data() + b * K);
+      const int32_t* A = off.A.data() + b * K;
+      const int32_t* L = off.L.data() + b * K;
+      gemm_rm<T>(false, true, K, K, Dh, T(1), q, sK, k, sK, T(0), P.data(), K);       // S = q k^T
+      cpu::rel_pos_probs<T>()(P.data(), K, tab + h * R, A, L, scale, stats + 2 * bh * K);  // P, as forward
+      gemm_rm<T>(false, true, K, K, Dh, T(1), dO, gK, v, sK, T(0), dP.data(), K);     // dP = dO v^T
+      gemm_rm<T>(true, false, K, Dh, K, T(1), P.data(), K, dO, gK, T(0), dv, 3 * gK);  // dv = P^T dO
+      cpu::rel_pos_softmax_bwd<T>()(P.data(), dP.data(), K, dtab.data() + bh * R, A, L);
       gemm_rm<T>(false, false, K, Dh, K, scale, dP.data(), K, k, sK, T(0), dq, 3 * gK);  // dq = scale dS k
       gemm_rm<T>(true, false, K, Dh, K, scale, dP.data(), K, q, sK, T(0), dk, 3 * gK);   // dk = scale dS^T q
     }
   });
 }
 
-// -> (out, probs); probs undefined when keep_probs is false (inference).
+// -> (out, stats); stats undefined when keep_stats is false (inference).
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& qkv_in, const at::Tensor& table, int64_t grid_size,
-                                           const at::Tensor& ids_in, double scale, bool keep_probs) {
+                                           const at::Tensor& ids_in, double scale, bool keep_stats) {
   check_rel_pos_attention(qkv_in, table, grid_size, ids_in);
   check_blas();
   const auto ids = ids_in.contiguous();
@@ -145,51 +151,52 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& qkv_in, const at::T
   const auto qkv = compute_qkv(qkv_in);
   const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4);
   auto out = at::empty({B, K, H, Dh}, qkv.options());
-  auto probs = keep_probs ? at::empty({B, H, K, K}, qkv.options()) : at::Tensor();
+  auto stats = keep_stats ? at::empty({B, H, K, 2}, qkv.options()) : at::Tensor();
   if (out.numel() > 0) {
     const auto tableT = table.t().to(qkv.scalar_type()).contiguous();  // (H, R)
     const auto off = rel_pos_offsets(ids, grid_size);
     if (qkv.scalar_type() == at::kDouble)
-      forward_kernel<double>(qkv, tableT, off, scale, out, keep_probs ? probs.data_ptr<double>() : nullptr);
+      forward_kernel<double>(qkv, tableT, off, scale, out, keep_stats ? stats.data_ptr<double>() : nullptr);
     else
       forward_kernel<float>(qkv, tableT, off, static_cast<float>(scale), out,
-                            keep_probs ? probs.data_ptr<float>() : nullptr);
+                            keep_stats ? stats.data_ptr<float>() : nullptr);
   }
-  return {out.to(qkv_in.scalar_type()), probs};
+  return {out.to(qkv_in.scalar_type()), stats};
 }
 
 std::tuple<at::Tensor, at::Tensor> rel_pos_attention_cpu(const at::Tensor& qkv, const at::Tensor& table,
                                                          int64_t grid_size, const at::Tensor& ids, double scale) {
-  return forward(qkv, table, grid_size, ids, scale, /*keep_probs=*/true);
+  return forward(qkv, table, grid_size, ids, scale, /*keep_stats=*/true);
 }
 
 at::Tensor rel_pos_attention_inference_cpu(const at::Tensor& qkv, const at::Tensor& table, int64_t grid_size,
                                            const at::Tensor& ids, double scale) {
-  return std::get<0>(forward(qkv, table, grid_size, ids, scale, /*keep_probs=*/false));
+  return std::get<0>(forward(qkv, table, grid_size, ids, scale, /*keep_stats=*/false));
 }
 
 std::tuple<at::Tensor, at::Tensor> rel_pos_attention_backward_cpu(const at::Tensor& grad_in, const at::Tensor& qkv_in,
-                                                                  const at::Tensor& probs_in, const at::Tensor& ids_in,
-                                                                  int64_t grid_size, c10::SymInt num_rel,
+                                                                  const at::Tensor& table, const at::Tensor& stats_in,
+                                                                  const at::Tensor& ids_in, int64_t grid_size,
                                                                   double scale) {
-  const int64_t R = num_rel.expect_int();
-  check_rel_pos_attention_backward(grad_in, qkv_in, probs_in, ids_in, grid_size, R);
+  check_rel_pos_attention_backward(grad_in, qkv_in, table, stats_in, ids_in, grid_size);
   check_blas();
   const auto ids = ids_in.contiguous();
   check_ids_range_cpu(ids, grid_size * grid_size, "ids_keep");
   const auto qkv = compute_qkv(qkv_in);
   const auto ct = qkv.scalar_type();
-  TORCH_CHECK_TYPE(probs_in.scalar_type() == ct, "probs must be ", ct, ", got ", probs_in.scalar_type());
-  const auto probs = probs_in.contiguous();
+  TORCH_CHECK_TYPE(stats_in.scalar_type() == ct, "stats must be ", ct, ", got ", stats_in.scalar_type());
+  const auto stats = stats_in.contiguous();
   const auto grad = grad_in.to(ct).contiguous();
-  const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), Dh = qkv.size(4);
-  auto dqkv = at::empty({B, K, 3, H, Dh}, qkv.options());
+  const int64_t B = qkv.size(0), K = qkv.size(1), H = qkv.size(3), R = table.size(0);
+  auto dqkv = at::empty(qkv.sizes(), qkv.options());
   auto d_table = at::zeros({R, H}, qkv.options());
   if (dqkv.numel() > 0) {
+    const auto tableT = table.t().to(ct).contiguous();  // (H, R)
     const auto off = rel_pos_offsets(ids, grid_size);
     AT_DISPATCH_FLOATING_TYPES(ct, "rel_pos_attention_backward_cpu", [&] {
       std::vector<scalar_t> dtab(static_cast<size_t>(B * H * R), scalar_t(0));  // one slice per (b, h)
-      backward_kernel<scalar_t>(grad, qkv, probs, off, static_cast<scalar_t>(scale), dqkv, dtab);
+      backward_kernel<scalar_t>(grad, qkv, tableT, stats.const_data_ptr<scalar_t>(), off,
+                                static_cast<scalar_t>(scale), dqkv, dtab);
       auto dt = d_table.accessor<scalar_t, 2>();
       for (int64_t h = 0; h < H; ++h)
         for (int64_t b = 0; b < B; ++b) {

@@ -19,13 +19,13 @@ inline void define_ops(torch::Library& m) {
   // d_table (num_rel, H), accumulated deterministically on CPU
   m.def("masked_rel_pos_bias_backward(Tensor grad, Tensor ids_keep, int grid_size, SymInt num_rel) -> Tensor");
   // Attention with that bias on the packed projection qkv (B,K,3,H,Dh) of the kept tokens:
-  // out (B,K,H,Dh) = softmax(q k^T * scale + bias) v per (b,h); also returns the softmax probabilities
-  // P (B,H,K,K), fp32 (fp64 for fp64 qkv), saved for the backward.
+  // out (B,K,H,Dh) = softmax(q k^T * scale + bias) v per (b,h); also returns each softmax row's max and
+  // reciprocal sum, stats (B,H,K,2), fp32 (fp64 for fp64 qkv), from which the backward recomputes P.
   m.def("rel_pos_attention(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> (Tensor, Tensor)");
-  // The same out without P, for a forward no backward will follow (sampling under no_grad; CPU).
+  // The same out without stats, for a forward no backward will follow (sampling under no_grad; CPU).
   m.def("rel_pos_attention_inference(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> Tensor");
-  // -> (d_qkv (B,K,3,H,Dh) in qkv's dtype, d_table (num_rel, H) in P's dtype)
-  m.def("rel_pos_attention_backward(Tensor grad_out, Tensor qkv, Tensor probs, Tensor ids_keep, int grid_size, SymInt num_rel, float scale) -> (Tensor, Tensor)");
+  // -> (d_qkv (B,K,3,H,Dh) in qkv's dtype, d_table (R, H) in stats' dtype)
+  m.def("rel_pos_attention_backward(Tensor grad_out, Tensor qkv, Tensor table, Tensor stats, Tensor ids_keep, int grid_size, float scale) -> (Tensor, Tensor)");
   // y = x W^T + b for x (..., Din), W (Dout, Din), b (Dout) or none: nn.Linear, on the CPU GEMM engine.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // -> (dx, dweight, dbias), dbias of shape (0,) when has_bias is false

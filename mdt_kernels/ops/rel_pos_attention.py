@@ -5,13 +5,15 @@ For each sample b and head h, with q, k, v the (K, Dh) slices of qkv (B, K, 3, H
     out[b, :, h] = softmax(q k^T * scale + bias[b, h]) v,         out (B, K, H, Dh).
 MDT builds the bias tensor, splits and transposes q, k, v and runs attention on them, then transposes
 the result back; eager CPU attention with a learned bias runs as separate matmul, add and softmax
-passes. The CPU kernel does one (b, h) block at a time in cache (BLAS for the four products, one pass
-for bias + softmax, one for the softmax backward and the table gradient) and reads and writes the
-(B, K, 3, H, Dh) / (B, K, H, Dh) layouts of the surrounding linear layers directly. The Triton twin
-does the same per (b, h, block of query rows), streaming over key blocks; it computes in fp32 (fp64 for
-fp64) rather than on fp16 tensor cores: written to be right, not tuned for speed. There is no CUDA
-kernel: on GPUs the model's ``auto`` attention stays xformers / SDPA with the bias of
-``masked_rel_pos_bias``; a direct call on CUDA tensors under ``auto`` runs the Triton kernel.
+passes. The CPU kernel does one (b, h) block at a time in cache (BLAS for the products, one pass for
+bias + softmax, one for the softmax backward and the table gradient) and reads and writes the
+(B, K, 3, H, Dh) / (B, K, H, Dh) layouts of the surrounding linear layers directly. As flash attention,
+the forward saves each softmax row's max and reciprocal sum (B, H, K, 2) rather than the (B, H, K, K)
+probabilities, which the backward recomputes. The Triton twin does the same per (b, h, block of query
+rows), streaming over key blocks; it computes in fp32 (fp64 for fp64) rather than on fp16 tensor cores:
+written to be right, not tuned for speed. There is no CUDA kernel: on GPUs the model's ``auto``
+attention stays xformers / SDPA with the bias of ``masked_rel_pos_bias``; a direct call on CUDA tensors
+under ``auto`` runs the Triton kernel.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ def rel_pos_attention_ref(qkv, table, grid_size, ids_keep=None, scale=None):
 
 # ---------------------------------------------------------------------------------------------------
 # Triton kernels. Forward: one program per (b, h, block of query rows), two passes over key blocks (row
-# max and softmax denominator online, then P, stored for backward, and O = P v), so any K fits in
-# registers. Backward: the same programs give delta = rowsum(P * dP), dS = P * (dP - delta), dq and the
-# table gradient (atomics); a second kernel, one program per (b, h, block of key rows), gives dk and dv
-# without atomics. fp16/bf16 are loaded as fp32 (fp64 stays fp64); "ieee" keeps fp32 dots off TF32.
+# max and softmax denominator online, saved for backward as the row's stats (max, 1 / denominator); then
+# P and O = P v), so any K fits in registers. Backward, recomputing P from q, k, the bias and the stats:
+# the same programs give delta = rowsum(P * dP), dS = P * (dP - delta), dq and the table gradient
+# (atomics); a second kernel, one program per (b, h, block of key rows), gives dk and dv without atomics.
+# fp16/bf16 are loaded as fp32 (fp64 stays fp64); "ieee" keeps fp32 dots off TF32.
 
 
 @jit
@@ -87,10 +90,18 @@ def _program_tile(qkv_ptr, H, K, Dh, s_b, s_h, BLOCK: tl.constexpr, BLOCK_D: tl.
 
 
 @jit
-def _attn_fwd_kernel(qkv_ptr, table_ptr, ids_ptr, scale_ptr, out_ptr, probs_ptr, H, K, Dh, G, s_b, s_k, s_3, s_h,
+def _probs(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale, m, inv):
+    """P = exp(q k^T * scale + bias - m) * inv (row max m, reciprocal denominator inv) for one (query block,
+    key block); 0 in columns past K."""
+    s = _scores(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale)
+    return tl.exp(s - m[:, None]) * inv[:, None]
+
+
+@jit
+def _attn_fwd_kernel(qkv_ptr, table_ptr, ids_ptr, scale_ptr, out_ptr, stats_ptr, H, K, Dh, G, s_b, s_k, s_3, s_h,
                      s_d, st_r, st_h, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     bh, b, h, rows, rmask, d, dmask, q_ptr = _program_tile(qkv_ptr, H, K, Dh, s_b, s_h, BLOCK_M, BLOCK_D)
-    acc = probs_ptr.dtype.element_ty
+    acc = stats_ptr.dtype.element_ty
     ids_ptr += b * K
     scale = tl.load(scale_ptr)
     q = _load_rows(q_ptr, rows, rmask, s_k, d, s_d, dmask, acc)
@@ -105,15 +116,15 @@ def _attn_fwd_kernel(qkv_ptr, table_ptr, ids_ptr, scale_ptr, out_ptr, probs_ptr,
         m_new = tl.maximum(m, tl.max(s, 1))
         den = den * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), 1)
         m = m_new
+    inv = 1.0 / den
+    tl.store(stats_ptr + (bh * K + rows) * 2, m, mask=rmask)
+    tl.store(stats_ptr + (bh * K + rows) * 2 + 1, inv, mask=rmask)
     o = tl.zeros((BLOCK_M, BLOCK_D), acc)
-    p_row = probs_ptr + bh * K * K + rows[:, None] * K
     for n0 in range(0, K, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cmask = cols < K
         k = _load_rows(q_ptr + s_3, cols, cmask, s_k, d, s_d, dmask, acc)
-        s = _scores(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale)
-        p = tl.exp(s - m[:, None]) / den[:, None]
-        tl.store(p_row + cols[None, :], p, mask=rmask[:, None] & cmask[None, :])
+        p = _probs(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale, m, inv)
         v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
         o += tl.dot(p, v, input_precision="ieee")
     out = out_ptr + ((b * K + rows[:, None]) * H + h) * Dh + d[None, :]  # (B, K, H, Dh) contiguous
@@ -121,21 +132,25 @@ def _attn_fwd_kernel(qkv_ptr, table_ptr, ids_ptr, scale_ptr, out_ptr, probs_ptr,
 
 
 @jit
-def _attn_bwd_dq_kernel(g_ptr, qkv_ptr, probs_ptr, ids_ptr, scale_ptr, dqkv_ptr, dtable_ptr, delta_ptr, H, K, Dh, G,
-                        s_b, s_k, s_3, s_h, s_d, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _attn_bwd_dq_kernel(g_ptr, qkv_ptr, table_ptr, stats_ptr, ids_ptr, scale_ptr, dqkv_ptr, dtable_ptr, delta_ptr, H,
+                        K, Dh, G, s_b, s_k, s_3, s_h, s_d, st_r, st_h, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_D: tl.constexpr):
     bh, b, h, rows, rmask, d, dmask, q_ptr = _program_tile(qkv_ptr, H, K, Dh, s_b, s_h, BLOCK_M, BLOCK_D)
-    acc = probs_ptr.dtype.element_ty
+    acc = stats_ptr.dtype.element_ty
     ids_ptr += b * K
+    scale = tl.load(scale_ptr)
     pos_rows = tl.load(ids_ptr + rows, mask=rmask, other=0)
+    q = _load_rows(q_ptr, rows, rmask, s_k, d, s_d, dmask, acc)
+    m = tl.load(stats_ptr + (bh * K + rows) * 2, mask=rmask, other=0.0)
+    inv = tl.load(stats_ptr + (bh * K + rows) * 2 + 1, mask=rmask, other=0.0)
     do = _load_rows(g_ptr + b * K * H * Dh + h * Dh, rows, rmask, H * Dh, d, 1, dmask, acc)  # grad (B, K, H, Dh)
-    p_row = probs_ptr + bh * K * K + rows[:, None] * K
     delta = tl.zeros((BLOCK_M,), acc)
     for n0 in range(0, K, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         cmask = cols < K
+        k = _load_rows(q_ptr + s_3, cols, cmask, s_k, d, s_d, dmask, acc)
         v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
-        p = tl.load(p_row + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+        p = _probs(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale, m, inv)
         delta += tl.sum(p * tl.dot(do, tl.trans(v), input_precision="ieee"), 1)
     tl.store(delta_ptr + bh * K + rows, delta, mask=rmask)
     dq = tl.zeros((BLOCK_M, BLOCK_D), acc)
@@ -144,21 +159,25 @@ def _attn_bwd_dq_kernel(g_ptr, qkv_ptr, probs_ptr, ids_ptr, scale_ptr, dqkv_ptr,
         cmask = cols < K
         k = _load_rows(q_ptr + s_3, cols, cmask, s_k, d, s_d, dmask, acc)
         v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
-        p = tl.load(p_row + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+        p = _probs(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale, m, inv)
         ds = p * (tl.dot(do, tl.trans(v), input_precision="ieee") - delta[:, None])
         # dtable is zeroed fp32 (fp64 for fp64); atomics accumulate (order, and so last bits, vary on GPU).
         idx = _rel_idx(pos_rows, ids_ptr, cols, cmask, G)
         tl.atomic_add(dtable_ptr + idx * H + h, ds, mask=rmask[:, None] & cmask[None, :])
         dq += tl.dot(ds, k, input_precision="ieee")
     dq_ptr = dqkv_ptr + ((b * K + rows[:, None]) * 3 * H + h) * Dh + d[None, :]  # (B, K, 3, H, Dh) contiguous
-    tl.store(dq_ptr, (dq * tl.load(scale_ptr)).to(dqkv_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+    tl.store(dq_ptr, (dq * scale).to(dqkv_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
 
 
 @jit
-def _attn_bwd_dkv_kernel(g_ptr, qkv_ptr, probs_ptr, scale_ptr, dqkv_ptr, delta_ptr, H, K, Dh, s_b, s_k, s_3, s_h, s_d,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _attn_bwd_dkv_kernel(g_ptr, qkv_ptr, table_ptr, stats_ptr, ids_ptr, scale_ptr, dqkv_ptr, delta_ptr, H, K, Dh, G,
+                         s_b, s_k, s_3, s_h, s_d, st_r, st_h, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
     bh, b, h, cols, cmask, d, dmask, q_ptr = _program_tile(qkv_ptr, H, K, Dh, s_b, s_h, BLOCK_N, BLOCK_D)
-    acc = probs_ptr.dtype.element_ty
+    acc = stats_ptr.dtype.element_ty
+    ids_ptr += b * K
+    scale = tl.load(scale_ptr)
+    k = _load_rows(q_ptr + s_3, cols, cmask, s_k, d, s_d, dmask, acc)
     v = _load_rows(q_ptr + 2 * s_3, cols, cmask, s_k, d, s_d, dmask, acc)
     dk = tl.zeros((BLOCK_N, BLOCK_D), acc)
     dv = tl.zeros((BLOCK_N, BLOCK_D), acc)
@@ -168,14 +187,16 @@ def _attn_bwd_dkv_kernel(g_ptr, qkv_ptr, probs_ptr, scale_ptr, dqkv_ptr, delta_p
         q = _load_rows(q_ptr, rows, rmask, s_k, d, s_d, dmask, acc)
         do = _load_rows(g_ptr + b * K * H * Dh + h * Dh, rows, rmask, H * Dh, d, 1, dmask, acc)
         delta = tl.load(delta_ptr + bh * K + rows, mask=rmask, other=0.0)
-        p_t = tl.load(probs_ptr + bh * K * K + rows[None, :] * K + cols[:, None], mask=cmask[:, None] & rmask[None, :],
-                      other=0.0)  # P^T, (key, query)
+        m = tl.load(stats_ptr + (bh * K + rows) * 2, mask=rmask, other=0.0)
+        inv = tl.load(stats_ptr + (bh * K + rows) * 2 + 1, mask=rmask, other=0.0)
+        pos_rows = tl.load(ids_ptr + rows, mask=rmask, other=0)
+        p_t = tl.trans(_probs(q, k, pos_rows, ids_ptr, cols, cmask, table_ptr, st_r, st_h, h, G, scale, m, inv))
         ds_t = p_t * (tl.dot(v, tl.trans(do), input_precision="ieee") - delta[None, :])
         dk += tl.dot(ds_t, q, input_precision="ieee")
         dv += tl.dot(p_t, do, input_precision="ieee")
     dk_ptr = dqkv_ptr + ((b * K + cols[:, None]) * 3 * H + H + h) * Dh + d[None, :]
     m2 = cmask[:, None] & dmask[None, :]
-    tl.store(dk_ptr, (dk * tl.load(scale_ptr)).to(dqkv_ptr.dtype.element_ty), mask=m2)
+    tl.store(dk_ptr, (dk * scale).to(dqkv_ptr.dtype.element_ty), mask=m2)
     tl.store(dk_ptr + H * Dh, dv.to(dqkv_ptr.dtype.element_ty), mask=m2)
 
 
@@ -199,33 +220,34 @@ def rel_pos_attention_triton(qkv: torch.Tensor, table: torch.Tensor, grid_size: 
     B, K, _, H, Dh = qkv.shape
     acc = acc_dtype(qkv.dtype)
     out = qkv.new_empty((B, K, H, Dh))
-    probs = qkv.new_empty((B, H, K, K), dtype=acc)
+    stats = qkv.new_empty((B, H, K, 2), dtype=acc)
     if out.numel() > 0:
         blocks = _blocks(K, Dh)
         scale_t = torch.full((), scale, dtype=acc, device=qkv.device)  # a float argument would be fp32
         _attn_fwd_kernel[(B * H, cdiv(K, blocks["BLOCK_M"]))](
-            qkv, table, ids, scale_t, out, probs, H, K, Dh, grid_size, *qkv.stride(), *table.stride(), **blocks)
-    return out, probs
+            qkv, table, ids, scale_t, out, stats, H, K, Dh, grid_size, *qkv.stride(), *table.stride(), **blocks)
+    return out, stats
 
 
 @torch.library.custom_op("mdt_kernels::rel_pos_attention_backward_triton", mutates_args=())
-def rel_pos_attention_backward_triton(grad_out: torch.Tensor, qkv: torch.Tensor, probs: torch.Tensor,
-                                      ids_keep: torch.Tensor, grid_size: int, num_rel: int,
+def rel_pos_attention_backward_triton(grad_out: torch.Tensor, qkv: torch.Tensor, table: torch.Tensor,
+                                      stats: torch.Tensor, ids_keep: torch.Tensor, grid_size: int,
                                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    grad, probs, ids = grad_out.contiguous(), probs.contiguous(), ids_keep.contiguous()
+    grad, stats, ids = grad_out.contiguous(), stats.contiguous(), ids_keep.contiguous()
     B, K, _, H, Dh = qkv.shape
     d_qkv = qkv.new_empty((B, K, 3, H, Dh))
-    d_table = probs.new_zeros((num_rel, H))
+    d_table = stats.new_zeros((table.shape[0], H))
     if d_qkv.numel() > 0:
         blocks = _blocks(K, Dh)
-        scale_t = torch.full((), scale, dtype=probs.dtype, device=qkv.device)
-        delta = probs.new_empty((B, H, K))
+        scale_t = torch.full((), scale, dtype=stats.dtype, device=qkv.device)
+        delta = stats.new_empty((B, H, K))
         stages = _bwd_stages(blocks, qkv.element_size())
         _attn_bwd_dq_kernel[(B * H, cdiv(K, blocks["BLOCK_M"]))](
-            grad, qkv, probs, ids, scale_t, d_qkv, d_table, delta, H, K, Dh, grid_size, *qkv.stride(), **blocks,
-            num_stages=stages)
+            grad, qkv, table, stats, ids, scale_t, d_qkv, d_table, delta, H, K, Dh, grid_size, *qkv.stride(),
+            *table.stride(), **blocks, num_stages=stages)
         _attn_bwd_dkv_kernel[(B * H, cdiv(K, blocks["BLOCK_N"]))](
-            grad, qkv, probs, scale_t, d_qkv, delta, H, K, Dh, *qkv.stride(), **blocks, num_stages=stages)
+            grad, qkv, table, stats, ids, scale_t, d_qkv, delta, H, K, Dh, grid_size, *qkv.stride(), *table.stride(),
+            **blocks, num_stages=stages)
     return d_qkv, d_table
 
 
@@ -244,33 +266,35 @@ def _fake_forward(qkv, table, grid_size, ids_keep, scale):
     expect("table", table, (None, H), "(R, H) with qkv's H heads")
     expect_float("table", table)
     expect_rel_pos(ids_keep, grid_size, table.shape[0], B, K)
-    return qkv.new_empty((B, K, H, Dh)), qkv.new_empty((B, H, K, K), dtype=acc_dtype(qkv.dtype))
+    return qkv.new_empty((B, K, H, Dh)), qkv.new_empty((B, H, K, 2), dtype=acc_dtype(qkv.dtype))
 
 
-def _fake_backward(grad_out, qkv, probs, ids_keep, grid_size, num_rel, scale):
+def _fake_backward(grad_out, qkv, table, stats, ids_keep, grid_size, scale):
     _expect_qkv(qkv)
     B, K, _, H, Dh = qkv.shape
     expect("grad_out", grad_out, (B, K, H, Dh), "(B, K, H, Dh) of qkv")
     expect_float("grad_out", grad_out)
-    expect("probs", probs, (B, H, K, K), "(B, H, K, K) of qkv")
-    expect_rel_pos(ids_keep, grid_size, num_rel, B, K)
-    return qkv.new_empty(qkv.shape), probs.new_empty((num_rel, qkv.shape[3]))
+    expect("table", table, (None, H), "(R, H) with qkv's H heads")
+    expect_float("table", table)
+    expect("stats", stats, (B, H, K, 2), "(B, H, K, 2) of qkv")
+    expect_rel_pos(ids_keep, grid_size, table.shape[0], B, K)
+    return qkv.new_empty(qkv.shape), stats.new_empty((table.shape[0], H))
 
 
 def _setup_context(ctx, inputs, output):
     qkv, table, grid_size, ids_keep, scale = inputs
-    _, probs = output
-    ctx.mark_non_differentiable(probs)
-    ctx.set_materialize_grads(False)  # else autograd fills a (B,H,K,K) zero gradient for probs every step
-    ctx.save_for_backward(qkv, probs, ids_keep)
-    ctx.grid_size, ctx.num_rel, ctx.scale, ctx.table_dtype = grid_size, table.shape[0], scale, table.dtype
+    _, stats = output
+    ctx.mark_non_differentiable(stats)
+    ctx.set_materialize_grads(False)  # stats have no gradient; out's is None when out did not reach the loss
+    ctx.save_for_backward(qkv, table, stats, ids_keep)
+    ctx.grid_size, ctx.scale, ctx.table_dtype = grid_size, scale, table.dtype
 
 
-def _backward(backward_op, ctx, grad_out, _grad_probs):
+def _backward(backward_op, ctx, grad_out, _grad_stats):
     if grad_out is None:  # out did not reach the loss
         return None, None, None, None, None
-    qkv, probs, ids_keep = ctx.saved_tensors
-    d_qkv, d_table = backward_op(grad_out, qkv, probs, ids_keep, ctx.grid_size, ctx.num_rel, ctx.scale)
+    qkv, table, stats, ids_keep = ctx.saved_tensors
+    d_qkv, d_table = backward_op(grad_out, qkv, table, stats, ids_keep, ctx.grid_size, ctx.scale)
     return d_qkv, d_table.to(ctx.table_dtype), None, None, None
 
 
@@ -282,8 +306,8 @@ def _compiled(qkv, table, grid_size, ids_keep, scale):
     return torch.ops.mdt_kernels.rel_pos_attention(qkv, table, grid_size, ids_keep, scale)[0]
 
 
-# Under no_grad / inference_mode the CPU backend runs rel_pos_attention_inference, which keeps each
-# (b, h) block of probabilities in a per-thread buffer instead of returning the (B, H, K, K) tensor.
+# Under no_grad / inference_mode the CPU backend runs rel_pos_attention_inference, which skips the
+# softmax stats that only a backward reads.
 _cpu = register_inference("rel_pos_attention", lambda *a: _fake_forward(*a)[0], _compiled)
 IMPLS = {"cpu": _cpu, "triton": lambda *a: rel_pos_attention_triton(*a)[0]}  # each returns out
 

@@ -49,9 +49,9 @@ CASES = {
                           "table must have shape"),
     "rel_pos_attention_backward": (
         lambda: ops.rel_pos_attention_backward_triton,
-        lambda: (t(2, 3, 2, 4), t(2, 3, 3, 2, 4), t(2, 2, 3, 3), t(2, 3, dtype=i64), 2, 9, 0.5),
-        lambda: (t(2, 3, 2, 4), t(2, 3, 3, 2, 4), t(2, 2, 3, 4), t(2, 3, dtype=i64), 2, 9, 0.5), ValueError,
-        "probs must have shape"),
+        lambda: (t(2, 3, 2, 4), t(2, 3, 3, 2, 4), t(9, 2), t(2, 2, 3, 2), t(2, 3, dtype=i64), 2, 0.5),
+        lambda: (t(2, 3, 2, 4), t(2, 3, 3, 2, 4), t(9, 2), t(2, 2, 3, 3), t(2, 3, dtype=i64), 2, 0.5), ValueError,
+        "stats must have shape"),
     "adan_step": (lambda: ops.adan_step_triton,
                   lambda: ([t(3)], [t(3)], [t(3)], [t(3)], [t(3)], [t(3)], t(1), *(0.1,) * 9, False, True),
                   lambda: ([t(3)], [t(4)], [t(3)], [t(3)], [t(3)], [t(3)], t(1), *(0.1,) * 9, False, True),

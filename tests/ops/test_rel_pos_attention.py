@@ -149,19 +149,19 @@ def test_opcheck(backend, device):
         qkv, table, ids = make(3, 2, 2, 5, 4, dtype, device)
         torch.library.opcheck(fwd, (qkv.requires_grad_(), table.requires_grad_(), 3, ids, 0.5))
         torch.library.opcheck(fwd, (qkv.detach(), table.detach(), 3, ids, 0.5))
-        _, probs = fwd(qkv.detach(), table.detach(), 3, ids, 0.5)
+        _, stats = fwd(qkv.detach(), table.detach(), 3, ids, 0.5)
         go = torch.randn(2, 5, 2, 4, dtype=dtype, device=device)
-        torch.library.opcheck(bwd, (go, qkv.detach(), probs, ids, 3, table.shape[0], 0.5))
+        torch.library.opcheck(bwd, (go, qkv.detach(), table.detach(), stats, ids, 3, 0.5))
 
 
 def test_cpu_backward_is_deterministic():
     if mk._dispatch.unavailable_reason("cpu", "cpu"):
         pytest.skip("C++ extension not built")
     qkv, table, ids = make(12, 6, 5, 100, 16, torch.float32, "cpu")
-    _, probs = torch.ops.mdt_kernels.rel_pos_attention(qkv, table, 12, ids, 0.25)
+    _, stats = torch.ops.mdt_kernels.rel_pos_attention(qkv, table, 12, ids, 0.25)
     go = torch.randn(5, 100, 6, 16)
     assert_same_for_thread_counts(
-        lambda: torch.ops.mdt_kernels.rel_pos_attention_backward(go, qkv, probs, ids, 12, table.shape[0], 0.25),
+        lambda: torch.ops.mdt_kernels.rel_pos_attention_backward(go, qkv, table, stats, ids, 12, 0.25),
         counts=(1, 2, 1),
     )
 
@@ -205,10 +205,13 @@ def test_cpp_op_checks_itself():
         torch.ops.mdt_kernels.rel_pos_attention(qkv, table, 4, torch.tensor([[0, 16]]), 0.5)
     with pytest.raises(ValueError, match="fewer than"):
         torch.ops.mdt_kernels.rel_pos_attention(qkv, table[:40], 4, torch.tensor([[0, 1]]), 0.5)
-    probs = torch.full((1, 2, 2, 2), 0.5)
+    stats = torch.zeros(1, 2, 2, 2)
     with pytest.raises(IndexError, match="outside"):
-        torch.ops.mdt_kernels.rel_pos_attention_backward(torch.randn(1, 2, 2, 4), qkv, probs, torch.tensor([[0, -1]]),
-                                                         4, 49, 0.5)
+        torch.ops.mdt_kernels.rel_pos_attention_backward(torch.randn(1, 2, 2, 4), qkv, table, stats,
+                                                         torch.tensor([[0, -1]]), 4, 0.5)
+    with pytest.raises(ValueError, match="stats shape"):
+        torch.ops.mdt_kernels.rel_pos_attention_backward(torch.randn(1, 2, 2, 4), qkv, table, torch.zeros(1, 2, 2),
+                                                         torch.tensor([[0, 1]]), 4, 0.5)
 
 
 @pytest.mark.skipif(mk._dispatch.unavailable_reason("triton", "cpu") is not None, reason="needs interpreted Triton")

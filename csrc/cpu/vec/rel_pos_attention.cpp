@@ -12,7 +12,7 @@ inline namespace CPU_CAPABILITY {
 namespace {
 
 template <typename T>
-void softmax(T* P, int64_t K, const T* col, const int32_t* A, const int32_t* L, T scale) {
+void softmax(T* P, int64_t K, const T* col, const int32_t* A, const int32_t* L, T scale, T* stats) {
   for (int64_t i = 0; i < K; ++i) {
     T* __restrict__ s = P + i * K;
     const T* __restrict__ ci = col + A[i];
@@ -32,6 +32,19 @@ void softmax(T* P, int64_t K, const T* col, const int32_t* A, const int32_t* L, 
     const T inv = T(1) / sum;
 #pragma omp simd
     for (int64_t j = 0; j < K; ++j) s[j] *= inv;
+    if (stats != nullptr) stats[2 * i] = mx, stats[2 * i + 1] = inv;
+  }
+}
+
+// The same arithmetic as softmax's, given its row max and reciprocal sum.
+template <typename T>
+void probs(T* P, int64_t K, const T* col, const int32_t* A, const int32_t* L, T scale, const T* stats) {
+  for (int64_t i = 0; i < K; ++i) {
+    T* __restrict__ s = P + i * K;
+    const T* __restrict__ ci = col + A[i];
+    const T mx = stats[2 * i], inv = stats[2 * i + 1];
+#pragma omp simd
+    for (int64_t j = 0; j < K; ++j) s[j] = fast::exp((s[j] * scale + ci[-L[j]]) - mx) * inv;
   }
 }
 
@@ -55,6 +68,8 @@ void softmax_bwd(const T* P, T* dS, int64_t K, T* acc, const int32_t* A, const i
 
 MDT_DEFINE_KERNEL(RelPosSoftmaxFn<float>, rel_pos_softmax_f32, &softmax<float>)
 MDT_DEFINE_KERNEL(RelPosSoftmaxFn<double>, rel_pos_softmax_f64, &softmax<double>)
+MDT_DEFINE_KERNEL(RelPosProbsFn<float>, rel_pos_probs_f32, &probs<float>)
+MDT_DEFINE_KERNEL(RelPosProbsFn<double>, rel_pos_probs_f64, &probs<double>)
 MDT_DEFINE_KERNEL(RelPosSoftmaxBwdFn<float>, rel_pos_softmax_bwd_f32, &softmax_bwd<float>)
 MDT_DEFINE_KERNEL(RelPosSoftmaxBwdFn<double>, rel_pos_softmax_bwd_f64, &softmax_bwd<double>)
 
