@@ -16,8 +16,9 @@ trainer's loss bookkeeping, logging and checkpoints.
   compiled  torch.compile(Objective), as `mdt train --compile` (its backward too; Adan and EMA stay eager).
 Each configuration builds a fresh model, runs --warmup steps (the first one compiles; its time is
 reported), then --iters steps, synchronising the device after each; ms/step is their median. With
---rounds R each configuration runs R times, alternating fused and unfused, and ms/step is the median over
-all R * iters steps: on a shared machine whose speed drifts, the speedup is then measured fairly.
+--rounds R each configuration runs R times, alternating the models and the modes round by round, and
+ms/step is the median over all R * iters steps: on a shared machine whose speed drifts, speedups and the
+ratio of two models' steps are then measured fairly.
 
 A benchmark that times a broken step is worthless, so fused and unfused must agree (a WARNING in the
 output and the table says when they do not): first, for each model, on the loss and the gradients of one
@@ -110,7 +111,8 @@ def category(name: str, ancestors: list[str]) -> str:
 
 
 def make_trainer(name: str, fused: bool, compiled: bool, args, device: torch.device):
-    """(step, model): step() runs one training step as mdt.train does and returns the loss tensor."""
+    """(step, train_step): step() runs one training step as mdt.train does and returns the loss tensor;
+    train_step is the mdt.train_step.TrainStep it calls (model, optimizer, objective)."""
     cfg = TrainConfig(model=name, batch_size=args.batch, fused=fused, precision=args.precision, compile=compiled,
                       seed=args.seed)
     config = model_config(cfg, args.input_size, args.in_channels, args.num_classes)
@@ -123,7 +125,7 @@ def make_trainer(name: str, fused: bool, compiled: bool, args, device: torch.dev
         _, loss = train_step(x, y)
         return loss.detach()
 
-    return step, train_step.model
+    return step, train_step
 
 
 def check_step(name: str, args, device: torch.device) -> dict:
@@ -134,7 +136,8 @@ def check_step(name: str, args, device: torch.device) -> dict:
     result, ref = {}, None
     for mode in ("unfused", "fused"):
         with mk.use_backend("auto" if mode == "fused" else "reference"):
-            step, model = make_trainer(name, mode == "fused", False, args, device)
+            step, ts = make_trainer(name, mode == "fused", False, args, device)
+            model = ts.model
             gen = torch.Generator().manual_seed(args.seed + 1)
             with torch.no_grad():
                 for p in model.parameters():
@@ -145,7 +148,7 @@ def check_step(name: str, args, device: torch.device) -> dict:
             ref = grads
         else:
             result["grad_rel_err"] = (torch.linalg.vector_norm(grads - ref) / torch.linalg.vector_norm(ref)).item()
-        del step, model
+        del step, model, ts
     return result
 
 
@@ -233,7 +236,8 @@ def run_config(name: str, mode: str, compiled: bool, args, device: torch.device,
         base = PeakRSS.now()
     engine = mk.use_cpu_gemm_engine("aten") if mode == "fused-aten" else contextlib.nullcontext()
     with mk.use_backend("reference" if mode == "unfused" else "auto"), engine:
-        step, model = make_trainer(name, mode != "unfused", compiled, args, device)
+        step, ts = make_trainer(name, mode != "unfused", compiled, args, device)
+        model = ts.model
         n_params = sum(p.numel() for p in model.parameters())
         t0 = time.perf_counter()
         loss_first = step().item()  # also the compile
@@ -255,7 +259,7 @@ def run_config(name: str, mode: str, compiled: bool, args, device: torch.device,
                 step()
             peak = rss.peak - base
         prof = profile_steps(step, device, args.profile_steps) if profile else None
-    del step, model
+    del step, model, ts
     row = dict(model=name, params=n_params, mode=mode, compiled=compiled, ms=statistics.median(times),
                ms_min=min(times), times_ms=times, first_step_s=first_s, peak_mb=peak / 2**20, loss_first=loss_first,
                loss_last=loss_last)
@@ -314,7 +318,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         f"at start {meta['load_avg']}. One `mdt train` step (t ~ U, Objective, backward, Adan, EMA) on a batch of "
         f"{c['batch']} latents {c['in_channels']}x{c['input_size']}x{c['input_size']}, {c['num_classes']} classes; "
         f"median of {c['iters']} steps after {c['warmup']} warm-up steps"
-        + (f", in each of {c['rounds']} rounds that alternate fused and unfused (median over all "
+        + (f", in each of {c['rounds']} rounds that alternate the models and modes (median over all "
            f"{c['rounds'] * c['iters']} steps; ms/step per round in the JSON)" if c.get("rounds", 1) > 1 else "")
         + ". fused: mdt_kernels (auto) + fused Adan"
         + (f", CPU GEMMs of mdt_kernels.linear/linear_gelu on {meta['cpu_gemm_engine']}" if meta.get("cpu_gemm_engine")
@@ -372,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (at least 1; compiled: 3 or more)")
     p.add_argument("--iters", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=1,
-                   help="runs of each configuration, alternating fused and unfused (a fresh model each)")
+                   help="runs of each configuration, alternating models and modes (a fresh model each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     return p
@@ -417,19 +421,20 @@ def main(argv=None) -> None:
         print(f"  {name} check (perturbed weights, one eager step): loss fused {c['loss_fused']:.6f}, unfused "
               f"{c['loss_unfused']:.6f}, gradient relative difference {c['grad_rel_err']:.2e}")
     rows = []
-    for name in args.models:
-        for compiled in COMPILE[args.compile]:
-            # Rounds alternate the modes (fused, unfused, fused, ...), so a drift in machine speed over the
-            # minutes of a run weighs on both alike; the last round is profiled.
-            runs = {mode: [] for mode in args.modes}
-            for r in range(args.rounds):
+    for compiled in COMPILE[args.compile]:
+        # Rounds alternate the models and the modes (MDTv2 fused, MDTv2 unfused, DiT fused, ..., then again), so
+        # a drift in machine speed over the minutes of a run weighs on all alike; the last round is profiled.
+        runs = {(name, mode): [] for name in args.models for mode in args.modes}
+        for r in range(args.rounds):
+            for name in args.models:
                 for mode in args.modes:
                     last = r == args.rounds - 1
-                    runs[mode].append(run_config(name, mode, compiled, args, device, profile=args.profile and last))
-            rows += [merge_rounds(runs[mode]) for mode in args.modes]
-            # Written after every configuration: a run cut off by a time limit keeps what it measured.
-            meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
-            stem = write_results(args.out, "train_step", device, meta, rows, markdown, quiet=True)
+                    runs[name, mode].append(run_config(name, mode, compiled, args, device,
+                                                       profile=args.profile and last))
+        rows += [merge_rounds(runs[name, mode]) for name in args.models for mode in args.modes]
+        # Written after every compile setting: a run cut off by a time limit keeps what it measured.
+        meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
+        stem = write_results(args.out, "train_step", device, meta, rows, markdown, quiet=True)
     for w in meta["warnings"]:
         print(w)
     print(f"wrote {stem}.md and .json")
