@@ -87,6 +87,13 @@ def _check_static_initialisers(objects: list[str], capability: str) -> None:
 class BuildExtension(TorchBuildExtension):
     """torch's BuildExtension, plus the per-instruction-set objects of VEC_SOURCES linked into _C."""
 
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        # An in-place (editable) build replaces the library under mdt_kernels/ with a new file rather than
+        # rewriting it: a process that has the old one loaded (a training run) keeps its pages and runs on.
+        if str(outfile).endswith((".so", ".pyd")) and os.path.isfile(outfile):
+            os.unlink(outfile)
+        return super().copy_file(infile, outfile, *args, **kwargs)
+
     def build_extension(self, ext):
         if ext.name != "mdt_kernels._C":
             return super().build_extension(ext)
