@@ -420,7 +420,7 @@ def main(argv=None) -> None:
         meta["checks"][name] = c = check_step(name, args, device)
         print(f"  {name} check (perturbed weights, one eager step): loss fused {c['loss_fused']:.6f}, unfused "
               f"{c['loss_unfused']:.6f}, gradient relative difference {c['grad_rel_err']:.2e}")
-    rows = []
+    done = []  # rows of the finished compile settings
     for compiled in COMPILE[args.compile]:
         # Rounds alternate the models and the modes (MDTv2 fused, MDTv2 unfused, DiT fused, ..., then again), so
         # a drift in machine speed over the minutes of a run weighs on all alike; the last round is profiled.
@@ -431,10 +431,11 @@ def main(argv=None) -> None:
                     last = r == args.rounds - 1
                     runs[name, mode].append(run_config(name, mode, compiled, args, device,
                                                        profile=args.profile and last))
-        rows += [merge_rounds(runs[name, mode]) for name in args.models for mode in args.modes]
-        # Written after every compile setting: a run cut off by a time limit keeps what it measured.
-        meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
-        stem = write_results(args.out, "train_step", device, meta, rows, markdown, quiet=True)
+                    # Written after every configuration: a run cut off by a time limit keeps what it measured.
+                    rows = done + [merge_rounds(v) for v in runs.values() if v]
+                    meta["warnings"] = add_comparisons(rows, meta["checks"], args.precision)
+                    stem = write_results(args.out, "train_step", device, meta, rows, markdown, quiet=True)
+        done = rows
     for w in meta["warnings"]:
         print(w)
     print(f"wrote {stem}.md and .json")

@@ -205,12 +205,13 @@ def config_from_weights(state: dict, name: str, input_size=None, in_channels=Non
     try:
         proj = state["x_embedder.proj.weight"]  # (D, C, p, p)
         grid = math.isqrt(state["pos_embed"].shape[1])  # pos_embed: (1, N, D), N = grid * grid
-        rows = state["y_embedder.embedding_table.weight"].shape[0]  # num_classes (+ 1 null class for CFG)
+        table = state.get("y_embedder.embedding_table.weight")  # none: an unconditional model
+        rows = table.shape[0] if table is not None else 0  # num_classes (+ 1 null class for CFG)
         out = state["final_layer.linear.weight"].shape[0]  # p * p * C_out
     except KeyError as e:
         raise CheckpointError(f"the weights have no {e.args[0]!r}: not an MDTv2 or DiT state dict") from e
     in_channels = in_channels or proj.shape[1]
-    num_classes = num_classes or rows - 1  # released models keep the null class
+    num_classes = num_classes or max(rows - 1, 0)  # released models keep the null class
     return {"model": name, "input_size": input_size or grid * proj.shape[-1], "in_channels": in_channels,
             "num_classes": num_classes, "class_dropout_prob": 0.1 if rows > num_classes else 0.0,
             "learn_sigma": out == proj.shape[-1] ** 2 * 2 * in_channels, "mask_ratio": None}

@@ -15,8 +15,8 @@ import sys
 
 from .errors import MdtError
 
-COMMANDS = {  # name -> module providing add_arguments(parser) and run(args)
-    "train": "mdt.train",
+COMMANDS = {  # name -> module providing add_arguments(parser) and run(args) (and RECIPE_TABLE: takes --config)
+    "train": "mdt.train_cli",
     "sample": "mdt.sample_cli",
     "prepare-latents": "mdt.prepare_latents",
     "eval": "mdt.evaluate",
@@ -39,8 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run, _parser=p)
+        p.set_defaults(_run=module.run, _parser=p, _recipe_table=getattr(module, "RECIPE_TABLE", None))
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line; with --config, the recipe's table for the command becomes its defaults (flags win)."""
+    from .recipes import check_config_arg, recipe_defaults
+
+    args = parser.parse_args(argv)
+    if args._recipe_table and getattr(args, "config", None) is not None:
+        check_config_arg(args.config)
+        args._parser.set_defaults(**recipe_defaults(args.config, args._recipe_table, args._parser))
+        args = parser.parse_args(argv)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     use_inductor_cache_per_aten_capability()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse(parser, argv)
+    except _user_errors() as e:  # a bad recipe
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
     try:
         return args._run(args) or 0
     except _user_errors() as e:

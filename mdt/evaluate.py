@@ -34,18 +34,17 @@ REF_BATCH_NAMES = {64: "VIRTUAL_imagenet64_labeled.npz", 128: "VIRTUAL_imagenet1
 
 def evaluate_builtin(data: str, pictures: np.ndarray, labels: np.ndarray | None) -> dict:
     """mdt.metrics.sample_quality of (n, S, S, 1) uint8 pictures of the built-in set `data` against their
-    labels, with the held-out accuracy of the classifier that judged them."""
+    labels (None: an unconditional model's samples, Frechet distance only), with the held-out accuracy of the
+    classifier that judged them."""
     from .metrics import classifier_accuracy, sample_quality
 
-    if labels is None:
-        raise InputError(f"{data} samples need their labels (arr_1) to measure accuracy")
-    if len(labels) < 2:
-        raise InputError(f"a Frechet distance needs at least 2 samples, the file has {len(labels)}")
-    if labels.min() < 0 or labels.max() > 9:
+    if len(pictures) < 2:
+        raise InputError(f"a Frechet distance needs at least 2 samples, the file has {len(pictures)}")
+    if labels is not None and (labels.min() < 0 or labels.max() > 9):
         raise InputError(f"{data} labels must be in 0..9, found {labels.min()}..{labels.max()}")
     x = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1  # (n, 1, S, S) in [-1, 1]
-    return {"kind": data, **sample_quality(data, x, torch.from_numpy(labels.astype(np.int64))),
-            "classifier_accuracy": classifier_accuracy(data)}
+    y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    return {"kind": data, **sample_quality(data, x, y), "classifier_accuracy": classifier_accuracy(data)}
 
 
 def adm_report(path: str, pictures: np.ndarray) -> dict:
@@ -124,7 +123,7 @@ def run(args):
         pictures, labels = sample_pictures(model, info, args)
         report = {"checkpoint": args.checkpoint, "weights": args.weights, "sampler": args.sampler,
                   "steps": args.steps, "cfg_scale": args.cfg_scale, "seed": args.seed,
-                  **evaluate_builtin(data, pictures, labels.numpy())}
+                  **evaluate_builtin(data, pictures, None if labels is None else labels.numpy())}
         source = args.checkpoint
     else:
         pictures, labels = read_samples(args.samples)
@@ -135,9 +134,9 @@ def run(args):
         else:
             report = adm_report(args.samples, pictures)
     if report["kind"] in JUDGES:
-        print(f"{report['kind']}: accuracy {report['accuracy']:.4f}, Frechet distance {report['frechet']:.4f} "
-              f"({report['n']} samples; the judging classifier scores {report['classifier_accuracy']:.4f} on the "
-              "held-out real images)")
+        acc = "unconditional" if report["accuracy"] is None else f"accuracy {report['accuracy']:.4f}"
+        print(f"{report['kind']}: {acc}, Frechet distance {report['frechet']:.4f} ({report['n']} samples; the "
+              f"judging classifier scores {report['classifier_accuracy']:.4f} on the held-out real images)")
     else:
         print(f"{source}: {report['n']} pictures of {report['shape'][1]}x{report['shape'][2]}x3, a valid batch for "
               f"the ADM evaluator ({ADM_EVALUATOR}; needs TensorFlow).")

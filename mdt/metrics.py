@@ -186,9 +186,10 @@ def _features(clf: nn.Module, x: torch.Tensor, batch: int = 500) -> tuple[torch.
 
 
 @torch.no_grad()
-def sample_quality(data: str, samples: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict:
-    """accuracy: share of samples classified as their requested label; frechet: feature Frechet distance to
-    the held-out real images of `data`. samples: (n, C, S, S) in model space [-1, 1]."""
+def sample_quality(data: str, samples: torch.Tensor, labels: torch.Tensor | None, seed: int = 0) -> dict:
+    """accuracy: share of samples classified as their requested label (None for an unconditional model's
+    samples, labels None); frechet: feature Frechet distance to the held-out real images of `data`.
+    samples: (n, C, S, S) in model space [-1, 1]."""
     judge = judge_for(data)
     if samples.dim() != 4 or tuple(samples.shape[1:]) != judge.shape:
         raise ValueError(f"{data} samples must have shape (n, {', '.join(map(str, judge.shape))}), "
@@ -198,7 +199,7 @@ def sample_quality(data: str, samples: torch.Tensor, labels: torch.Tensor, seed:
     clf = load_classifier(data, seed)
     f_samples, logits = _features(clf, samples.float().cpu().clamp(-1, 1))
     real, _ = judge.split("test")
-    acc = (logits.argmax(1) == labels.cpu()).float().mean().item()
+    acc = None if labels is None else (logits.argmax(1) == labels.cpu()).float().mean().item()
     fd = frechet_distance(f_samples.numpy(), _features(clf, real)[0].numpy())
     return {"accuracy": acc, "frechet": fd, "n": int(samples.shape[0])}
 

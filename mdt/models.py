@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import mdt_kernels as mk
 
@@ -83,7 +84,9 @@ def attention(q, k, v, bias=None, backend="sdpa"):
     if bias is not None:
         bias = bias.to(q.dtype)
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # SDPA gives no gradient to the bias of an empty output; DDP needs one (zeros) from every rank.
+        return out + 0 * bias.sum() if bias is not None and out.numel() == 0 else out
     if backend == "math":  # the official implementation's explicit form
         attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, N, N)
         if bias is not None:
@@ -262,6 +265,7 @@ class _DiffusionTransformer(nn.Module):
 
     def _build_embedders(self, input_size, patch_size, in_channels, hidden_size, num_heads, class_dropout_prob,
                          num_classes, learn_sigma, pos_embed_trainable):
+        self.grad_checkpoint = False  # recompute each block in the backward instead of keeping its activations
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -269,7 +273,8 @@ class _DiffusionTransformer(nn.Module):
         self.num_heads = num_heads
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        # num_classes 0: an unconditional model, conditioned on the timestep only (no label table).
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.x_embedder.num_patches, hidden_size),
                                       requires_grad=pos_embed_trainable)
 
@@ -287,7 +292,8 @@ class _DiffusionTransformer(nn.Module):
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         nn.init.zeros_(self.x_embedder.proj.bias)
         # Label table and timestep MLP:
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         # adaLN-Zero: every block starts as the identity ...
@@ -300,10 +306,18 @@ class _DiffusionTransformer(nn.Module):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
-    def _embed(self, x, t, y):
+    def _embed(self, x, t, y, force_drop_ids=None):
         x = self.x_embedder(x) + self.pos_embed  # (B, N, D), N = H * W / patch_size ** 2
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
+        c = self.t_embedder(t)  # (B, D)
+        if self.y_embedder is not None:
+            c = c + self.y_embedder(y, self.training, force_drop_ids)
         return x, c
+
+    def _block(self, block, *args, **kwargs):
+        """block(*args, **kwargs), recomputed in the backward under grad_checkpoint (non-reentrant)."""
+        if self.grad_checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False, **kwargs)
+        return block(*args, **kwargs)
 
     def unpatchify(self, x):
         """(B, N, p * p * C) tokens -> (B, C, H, W) image."""
@@ -335,6 +349,8 @@ class _DiffusionTransformer(nn.Module):
         """
         if cfg_scale is None:
             return self.forward(x, t, y)
+        if self.y_embedder is None:
+            raise ValueError("classifier-free guidance needs a class-conditional model; this one is unconditional")
         half = x[: len(x) // 2]
         model_out = self.forward(torch.cat([half, half], dim=0), t, y)  # (2B, C_out, H, W)
         n = self.in_channels if guided_channels is None else guided_channels
@@ -396,20 +412,21 @@ class MDTv2(_DiffusionTransformer):
                                     self.decoder_pos_embed.to(x.dtype))  # (B, N, D): mask tokens at removed spots
         x = x_before
         for block in self.sideblocks:
-            x = block(x, c)
+            x = self._block(block, x, c)
         kept = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device).scatter_(1, ids_keep, True)
         return torch.where(kept[..., None], x_before, x)  # masked shortcut: kept tokens bypass the block
 
-    def forward(self, x, t, y, enable_mask=False, ids_keep=None):
+    def forward(self, x, t, y, enable_mask=False, ids_keep=None, force_drop_ids=None):
         """x (B, C, H, W) latents, t (B,) timesteps, y (B,) labels -> (B, C_out, H, W).
 
         enable_mask=True runs the masked pass (when the model has a mask_ratio, or ids_keep is given): the encoder
         sees only the kept tokens, ids_keep (B, K) or a fresh random draw. Without a mask_ratio and ids_keep,
-        enable_mask is ignored, as in MDT (sampling models).
+        enable_mask is ignored, as in MDT (sampling models). force_drop_ids (B,): the labels to drop to the null
+        class (else, in training, a fresh draw).
         """
         if ids_keep is not None and not enable_mask:
             raise ValueError("ids_keep selects the tokens of the masked pass: pass enable_mask=True with it")
-        x, c = self._embed(x, t, y)  # (B, N, D), (B, D)
+        x, c = self._embed(x, t, y, force_drop_ids)  # (B, N, D), (B, D)
         input_skip = x  # the decoder's dense shortcut: every token, also in the masked pass
         masked = enable_mask and (ids_keep is not None or self.mask_ratio is not None)
         if masked:
@@ -420,16 +437,16 @@ class MDTv2(_DiffusionTransformer):
             ids_keep = None
         skips = []
         for block in self.en_inblocks:
-            x = block(x, c, ids_keep=ids_keep)
+            x = self._block(block, x, c, ids_keep=ids_keep)
             skips.append(x)
         for block in self.en_outblocks:  # U-Net pairing: the last en_in output meets the first en_out block
-            x = block(x, c, skip=skips.pop(), ids_keep=ids_keep)
+            x = self._block(block, x, c, skip=skips.pop(), ids_keep=ids_keep)
         if masked:
             x = self.forward_side_interpolater(x, c, ids_keep)  # (B, N, D)
         else:
             x = x + self.decoder_pos_embed
         for block in self.de_blocks:
-            x = block(x, c, skip=input_skip)  # (B, N, D)
+            x = self._block(block, x, c, skip=input_skip)  # (B, N, D)
         x = self.final_layer(x, c)  # (B, N, p * p * C_out)
         return self.unpatchify(x)  # (B, C_out, H, W)
 
@@ -451,11 +468,12 @@ class DiT(_DiffusionTransformer):
     def initialize_weights(self):
         self._init_shared(self.blocks)
 
-    def forward(self, x, t, y):
-        """x (B, C, H, W) latents, t (B,) timesteps, y (B,) labels -> (B, C_out, H, W)."""
-        x, c = self._embed(x, t, y)  # (B, N, D), (B, D)
+    def forward(self, x, t, y, force_drop_ids=None):
+        """x (B, C, H, W) latents, t (B,) timesteps, y (B,) labels -> (B, C_out, H, W); force_drop_ids (B,):
+        the labels to drop to the null class (else, in training, a fresh draw)."""
+        x, c = self._embed(x, t, y, force_drop_ids)  # (B, N, D), (B, D)
         for block in self.blocks:
-            x = block(x, c)  # (B, N, D)
+            x = self._block(block, x, c)  # (B, N, D)
         x = self.final_layer(x, c)  # (B, N, p * p * C_out)
         return self.unpatchify(x)  # (B, C_out, H, W)
 
@@ -517,6 +535,6 @@ def build_model(config: dict) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     kwargs = {k: config[k] for k in ("input_size", "in_channels", "num_classes", "class_dropout_prob", "learn_sigma")
               if config.get(k) is not None}
-    if name.startswith("MDT") and config.get("mask_ratio") is not None:
-        kwargs["mask_ratio"] = config["mask_ratio"]
+    if name.startswith("MDT"):
+        kwargs.update({k: config[k] for k in ("mask_ratio", "decode_layer") if config.get(k) is not None})
     return MODELS[name](**kwargs)

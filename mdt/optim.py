@@ -20,7 +20,10 @@ Differences from sail-sg, all deliberate:
       "skip": no host sync at all. The clip coefficient becomes NaN on the device when the norm is not
           finite, and every kernel then returns without writing. Because the decision never reaches
           the host, the group's ``step`` counter (bias correction) still advances on a skipped step;
-          ``skipped_steps()`` reads the on-device count of skipped steps when you want it.
+          ``skipped_steps()`` reads the on-device count of skipped steps when you want it. A caller that
+          judges a step bad itself (a non-finite loss) sets ``opt.found_inf`` (a 0-d tensor, nonzero: skip)
+          before step(), as torch's fused optimizers read it from GradScaler.
+  * ``last_grad_norm`` holds the global gradient norm of the last step (before clipping), on the device.
   * The clipping eps is ``defaults["eps"]`` (sail-sg uses the eps of the last parameter group).
 """
 
@@ -151,6 +154,10 @@ class Adan(torch.optim.Optimizer):
         partial = [global_norm(gs, self._backend(fused, dev)).to(device) for dev, gs in by_device.items()]
         norm = partial[0] if len(partial) == 1 else torch.linalg.vector_norm(torch.stack(partial))
         finite = torch.isfinite(norm)
+        self.last_grad_norm = norm  # for a caller's logging: the global norm before clipping, on the device
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and self.nonfinite == "skip":  # the caller found the step bad itself (its loss)
+            finite = finite & (found_inf.to(device) == 0)
         if self.nonfinite == "raise" and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("Adan(nonfinite='raise') reads one flag on the host per step, which a CUDA graph "
                                "capture cannot do; capture with Adan(..., nonfinite='skip')")

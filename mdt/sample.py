@@ -35,6 +35,8 @@ def generate(model, labels: torch.Tensor, *, sampler: str = "ddpm", steps: int =
     device = next(model.parameters()).device
     diffusion = create_diffusion(("ddim" if sampler == "ddim" else "") + str(steps), learn_sigma=model.learn_sigma)
     guided = cfg_scale is not None and cfg_scale > 1.0
+    if guided and model.y_embedder is None:
+        raise UsageError("this model is unconditional: classifier-free guidance does not apply (use a cfg scale of 1)")
     # DiT/MDT guide 3 of the 4 latent channels (a legacy quirk that published checkpoints expect); other
     # channel counts are guided in full.
     guided_channels = 3 if model.in_channels == 4 else None
@@ -91,12 +93,16 @@ def save_grid(pictures: torch.Tensor, path: str, nrow: int | None = None, min_ce
     return path
 
 
-def save_npz(pictures: torch.Tensor, labels: torch.Tensor, path: str) -> str:
-    """The ADM evaluation format: arr_0 (n, H, W, C) uint8 pictures, arr_1 (n,) int64 class labels.
-    pictures: (n, C, H, W) in [-1, 1], or an (n, H, W, C) uint8 array already converted by to_uint8."""
+def save_npz(pictures: torch.Tensor, labels: torch.Tensor | None, path: str) -> str:
+    """The ADM evaluation format: arr_0 (n, H, W, C) uint8 pictures, arr_1 (n,) int64 class labels (none for
+    an unconditional model's samples). pictures: (n, C, H, W) in [-1, 1], or an (n, H, W, C) uint8 array
+    already converted by to_uint8."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     arr = pictures if isinstance(pictures, np.ndarray) and pictures.dtype == np.uint8 else to_uint8(pictures)
-    np.savez(path, arr, labels.cpu().numpy().astype(np.int64))
+    if labels is None:
+        np.savez(path, arr)
+    else:
+        np.savez(path, arr, labels.cpu().numpy().astype(np.int64))
     return path
 
 
@@ -148,8 +154,13 @@ def read_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def parse_classes(tokens, num_classes: int) -> list[int]:
-    """["all"] or class ids (separate or comma-separated) -> sorted ids, each checked to be < num_classes."""
+    """["all"] or class ids (separate or comma-separated) -> sorted ids, each checked to be < num_classes.
+    An unconditional model (num_classes 0) has one "class", 0, which it ignores."""
     words = [w for t in tokens for w in str(t).replace(",", " ").split()]
+    if num_classes == 0:
+        if words != ["all"]:
+            raise UsageError("--classes: this model is unconditional (it has no classes)")
+        return [0]
     if words == ["all"]:
         return list(range(num_classes))
     try:

@@ -1,4 +1,4 @@
-"""Sample from a checkpoint: PNG grid and ADM .npz (`mdt sample`).
+"""Sample from a checkpoint: PNG grid and ADM .npz (`mdt sample`; `--config RECIPE`: a paper's FID protocol).
 
 The weights come from a training checkpoint (`--checkpoint`; its EMA weights unless `--weights model`)
 or from a plain state dict such as the official MDTv2-XL/2 release (`--weights-file PATH --model NAME`;
@@ -16,14 +16,13 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model
-from .data.vae import SAMPLE_VAE, VAE_SCALE, decode_latents, load_vae
+from .data.vae import NO_VAE, SAMPLE_VAE, VAE_SCALE, decode_latents, load_vae
 from .errors import UsageError
 from .models import MODELS
 from .sample import SAMPLERS, generate, parse_classes, save_grid, save_npz, to_uint8
 from .train_step import PRECISIONS, autocast_context
 from .utils import default_device
 
-NO_VAE = "none"
 GRID_SIDE = 16  # the PNG shows at most 16 classes x 16 pictures (the .npz holds them all)
 
 
@@ -55,7 +54,8 @@ def add_sampling_arguments(parser, num_per_class: int = 8):
 
 
 def sample_pictures(model, info: dict, args) -> tuple[np.ndarray, torch.Tensor]:
-    """(pictures (n, H, W, C) uint8, labels (n,)): args.num_per_class of each of args.classes, class-major;
+    """(pictures (n, H, W, C) uint8, labels (n,) or None for an unconditional model): args.num_per_class of each
+    of args.classes, class-major;
     latents are decoded with info["vae"] (None: the model samples pictures). Pictures are kept as uint8 only:
     50k ImageNet samples take 9.8 GB so, four times that as floats."""
     if args.num_per_class < 1 or args.batch_size < 1:
@@ -63,10 +63,13 @@ def sample_pictures(model, info: dict, args) -> tuple[np.ndarray, torch.Tensor]:
     classes = parse_classes(args.classes, info["num_classes"])
     check_guidance(model, info, args)
     labels = torch.tensor(classes).repeat_interleave(args.num_per_class)  # (n,)
-    return render_pictures(model, info, args, labels, args.seed, progress=sys.stderr.isatty()), labels
+    pictures = render_pictures(model, info, args, labels, args.seed, progress=sys.stderr.isatty())
+    return pictures, labels if info["num_classes"] else None
 
 
 def check_guidance(model, info: dict, args) -> None:
+    if args.cfg_scale > 1 and model.y_embedder is None:
+        raise UsageError("this model is unconditional: classifier-free guidance does not apply; use --cfg-scale 1")
     if args.cfg_scale > 1 and model.y_embedder.embedding_table.num_embeddings <= info["num_classes"]:
         raise UsageError("this model was trained without class dropout (no null class): classifier-free guidance "
                          "needs one; use --cfg-scale 1")
@@ -99,7 +102,7 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def save_samples(pictures: np.ndarray, labels: torch.Tensor, stem: str, per_class: int) -> tuple[str, str]:
+def save_samples(pictures: np.ndarray, labels: torch.Tensor | None, stem: str, per_class: int) -> tuple[str, str]:
     """STEM.npz (ADM format) and STEM.png: a grid of the first GRID_SIDE classes, up to GRID_SIDE pictures of
     each per row."""
     save_npz(pictures, labels, stem + ".npz")
@@ -138,7 +141,13 @@ def model_from_args(args, device):
                       args.in_channels, args.num_classes, device)
 
 
+RECIPE_TABLE = "sample"  # the table of a recipe that holds this command's options (the paper's FID protocol)
+
+
 def add_arguments(parser):
+    parser.add_argument("--config", metavar="RECIPE",
+                        help="a recipe (TOML file, or a shipped one: mdtv2-xl2, dit-xl2, ...; 'list'): its [sample] "
+                             "values (the published FID protocol) become the defaults, flags override them")
     add_model_arguments(parser)
     add_sampling_arguments(parser)
     parser.add_argument("--vae", default=None,

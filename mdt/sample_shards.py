@@ -49,10 +49,11 @@ def shard_path(folder: str, k: int) -> str:
     return os.path.join(folder, f"shard_{k:06d}.npz")
 
 
-def write_npz(path: str, parts: list, labels: np.ndarray) -> None:
+def write_npz(path: str, parts: list, labels: np.ndarray, write_labels: bool = True) -> None:
     """An .npz of arr_0 = concatenation of `parts` (uint8 arrays, or callables returning one, read one at a
-    time so 50k pictures need not be in memory twice) and arr_1 = labels, written atomically and byte for
-    byte the same for the same arrays (np.savez stamps the zip entries with the time)."""
+    time so 50k pictures need not be in memory twice) and arr_1 = labels (one per picture; not written for
+    an unconditional model's pictures), written atomically and byte for byte the same for the same arrays
+    (np.savez stamps the zip entries with the time)."""
     def first():
         return parts[0]() if callable(parts[0]) else parts[0]
 
@@ -76,9 +77,10 @@ def write_npz(path: str, parts: list, labels: np.ndarray) -> None:
                     n += len(arr)
                 if n != shape[0]:
                     raise InputError(f"{path}: the shards hold {n} pictures, expected {shape[0]}")
-            info = zipfile.ZipInfo("arr_1.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as out:
-                np.lib.format.write_array(out, np.asarray(labels, dtype=np.int64))
+            if write_labels:
+                info = zipfile.ZipInfo("arr_1.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as out:
+                    np.lib.format.write_array(out, np.asarray(labels, dtype=np.int64))
     atomic_write(path, write)
 
 
@@ -164,7 +166,8 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
         missing = [k for k in range(num_shards) if not os.path.exists(shard_path(folder, k))]
         if missing:
             raise MissingInputError(f"shards {missing[:5]} of {folder!r} are missing after sampling")
-        write_npz(npz, [lambda k=k: read_shard(shard_path(folder, k))[0] for k in range(num_shards)], labels.numpy())
+        write_npz(npz, [lambda k=k: read_shard(shard_path(folder, k))[0] for k in range(num_shards)], labels.numpy(),
+                  write_labels=info["num_classes"] > 0)
         grid = np.concatenate([read_shard(shard_path(folder, k))[0]
                                for k in range(min(num_shards, -(-GRID // args.batch_size)))])[:GRID]
         save_grid(torch.from_numpy(grid).permute(0, 3, 1, 2).float() / 127.5 - 1, png)

@@ -1,18 +1,21 @@
-"""Train MDTv2 (or DiT) with the fused kernels (`mdt train`), on one CPU, one GPU or many (torchrun).
+"""Train MDTv2 (or DiT) with the fused kernels (`mdt train`), on one CPU, one GPU or many (torchrun, one node or
+several): the training loop.
 
 Defaults follow MDT: Adan (lr 5e-4, betas 0.98/0.92/0.99, grad clip 1.0, no weight decay), EMA 0.9999,
 class dropout 0.1, mask ratio 0.3, and MDTv2's loss (a full and a masked pass, min-SNR-5 weighted MSE + VB,
-one backward). DiT models train with DiT's single pass and no loss weighting.
+one backward). DiT models train with DiT's single pass and no loss weighting. Recipes of the published runs:
+mdt/recipes/ (`mdt train --config NAME`).
 
-One step: batch -> model input on the device -> t ~ U{0..999} -> loss (both passes) -> backward -> Adan ->
-EMA. Every checkpoint holds model, EMA, optimizer, step, the RNG states of every rank and the config;
-batches are a pure function of (seed, step); so `--resume` after a crash continues exactly where an
-uninterrupted run would be.
+One step (mdt.train_step): batch -> random draws -> micro-batches (--grad-accum) -> backward -> the step
+judged on the device (non-finite: skipped and counted) -> optimizer -> EMA. Every checkpoint holds model,
+EMA, optimizer, step, the RNG states of every rank and the config; batches are a pure function of (seed,
+step); so `--resume` after a crash, a kill or a stop signal (mdt.preempt) continues exactly where an
+uninterrupted run would be. Module map: train_step.py (the step), train_log.py (metrics, TensorBoard,
+plots), train_eval.py (evaluation hooks), train_cli.py (the command line), preempt.py (stop signals).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -28,16 +31,23 @@ import torch.nn as nn
 import mdt_kernels as mk
 
 from . import checkpoint as ckpt
-from .data import TrainData, open_dataset
+from .data import open_dataset
 from .errors import NonFiniteError, UsageError
-from .metrics import JUDGES, sample_quality
 from .models import MODELS
-from .train_step import OPTIMIZERS, PRECISIONS, TrainConfig, build_train_step, model_config, rng_state
+from .preempt import StopRequests
+from .train_eval import evaluate, finish
+from .train_log import MetricsLog, progress_bar
+from .train_step import OPTIMIZERS, PRECISIONS, SAMPLERS, TrainConfig, build_train_step, model_config, rng_state
 from .utils import Dist, all_gather_objects, init_distributed
 
-#################################################################################
-#                                      Data                                     #
-#################################################################################
+__all__ = ["TrainConfig", "TrainResult", "batch_indices", "train", "validate"]
+
+# Fields that define a run: on --resume they come from the checkpoint (the command line may change the rest,
+# e.g. --steps to train longer, --grad-accum for fewer devices, the logging and checkpoint intervals).
+IDENTITY_FIELDS = ("model", "data", "vae", "image_size", "num_classes", "decode_layer", "batch_size", "optimizer",
+                   "lr", "betas", "weight_decay", "max_grad_norm", "ema_decay", "class_dropout", "mask_ratio",
+                   "min_snr_gamma", "seed", "precision", "fused")
+
 
 def batch_indices(step: int, n: int, global_batch: int, seed: int) -> torch.Tensor:
     """The global batch of `step`: epochs are seeded permutations of the n examples (the last partial
@@ -48,70 +58,6 @@ def batch_indices(step: int, n: int, global_batch: int, seed: int) -> torch.Tens
     return perm[j * global_batch:(j + 1) * global_batch]
 
 
-#################################################################################
-#                                     Output                                    #
-#################################################################################
-
-class MetricsLog:
-    """metrics.jsonl in the run folder: one JSON object per line, each with "step"."""
-
-    def __init__(self, out_dir: str, resume_step: int | None):
-        self.path = os.path.join(out_dir, "metrics.jsonl")
-        if resume_step is not None and os.path.exists(self.path):
-            # Lines of steps after the checkpoint were written by the interrupted run and are redone now.
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip() and _json_step(line) <= resume_step]
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, self.path)
-        elif resume_step is None and os.path.exists(self.path):
-            os.remove(self.path)
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def read(self) -> list[dict]:
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-
-def _json_step(line: str) -> int:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # an unreadable (half-written) line is dropped
-
-
-def plot_losses(records: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in records if "loss" in r]
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [r["step"] for r in rows]
-    for key, label in (("loss", "total"), ("loss_full", "full pass"), ("loss_masked", "masked pass")):
-        if key in rows[0]:
-            ax.plot(steps, [r[key] for r in rows], label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (mean over log interval)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-#################################################################################
-#                                  Training loop                                #
-#################################################################################
-
 @dataclass
 class TrainResult:
     model: nn.Module
@@ -119,18 +65,23 @@ class TrainResult:
     step: int
     config: TrainConfig
     eval: dict | None = None
+    stopped_by: str | None = None  # the stop signal that ended the run early (mdt.preempt), else None
 
 
 def validate(cfg: TrainConfig, world: int) -> None:
+    """One-line UsageErrors for settings that cannot work (before any process group or model exists)."""
     if cfg.model not in MODELS:
         raise UsageError(f"unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
-    if cfg.precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise UsageError(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    for name, value, known in (("precision", cfg.precision, PRECISIONS), ("optimizer", cfg.optimizer, OPTIMIZERS),
+                               ("sampler", cfg.sampler, SAMPLERS)):
+        if value not in known:
+            raise UsageError(f"unknown {name} {value!r}; choose one of {', '.join(known)}")
     if cfg.batch_size < 1 or cfg.batch_size % world:
         raise UsageError(f"batch size {cfg.batch_size} must be a positive multiple of the world size {world}")
-    for name in ("steps", "log_every", "ckpt_every", "eval_samples", "sample_steps"):
+    if cfg.grad_accum < 1 or (cfg.batch_size // world) % cfg.grad_accum:
+        raise UsageError(f"--grad-accum {cfg.grad_accum} must divide each rank's batch of "
+                         f"{cfg.batch_size // world} (global batch {cfg.batch_size} over {world} ranks)")
+    for name in ("steps", "log_every", "ckpt_every", "eval_samples", "sample_steps", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.ema_decay < 1.0:
@@ -144,6 +95,10 @@ def validate(cfg: TrainConfig, world: int) -> None:
     if not cfg.weight_decay >= 0 or not cfg.max_grad_norm >= 0:
         raise UsageError(f"--weight-decay and --max-grad-norm must be >= 0, got {cfg.weight_decay} and "
                          f"{cfg.max_grad_norm}")
+    if cfg.num_classes is not None and cfg.num_classes < 0:
+        raise UsageError(f"--num-classes must be >= 0 (0: unconditional), got {cfg.num_classes}")
+    if cfg.decode_layer is not None and not cfg.is_mdt():
+        raise UsageError("--decode-layer sets an MDTv2 decoder's depth; DiT models have none")
 
 
 def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
@@ -151,241 +106,184 @@ def train(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))  # before any process group exists
     d, device = init_distributed(cfg.device)
     try:
-        return _train(cfg, resume, d, device)
+        return Trainer(cfg, resume, d, device).run()
     finally:
         if d.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device) -> TrainResult:
-    state = None
-    if resume is not None:
-        path, state = ckpt.resolve_resume(resume, cfg.out)
-        saved = dict(state["config"])
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in _IDENTITY_FIELDS})
-        if d.main:
-            print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
-    validate(cfg, d.world)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    data = open_dataset(cfg.data, vae=cfg.vae, image_size=cfg.image_size, device=device)
-    if len(data) < cfg.batch_size:
-        raise UsageError(f"batch size {cfg.batch_size} is larger than the data set ({len(data)} examples)")
-    # The saved config: the run's options plus what the data set fixes (enough to rebuild the model and decode).
-    config = {**model_config(cfg, data.input_size, data.in_channels, data.num_classes),
-              "vae": getattr(data, "vae_name", cfg.vae), "latent_scale": getattr(data, "scale", None),
-              "data_description": data.description, "world_size": d.world}
+def resolve_config(cfg: TrainConfig, state: dict | None) -> TrainConfig:
+    """The run's config: on resume, the identity fields come from the checkpoint."""
+    if state is None:
+        return cfg
+    saved = dict(state["config"])
+    return dataclasses.replace(cfg, **{k: saved[k] for k in IDENTITY_FIELDS if k in saved})
 
-    step, train_seconds = 0, 0.0  # train_seconds: time spent in training steps (no evaluation, no saving)
-    if state is not None:
-        step = int(state["step"])
-        train_seconds = float(state.get("train_seconds", 0.0))
-    ts = build_train_step(cfg, config, device, d, state)
-    del state
-    model, ema, opt = ts.model, ts.ema, ts.opt
-    backend = mk.use_backend("auto" if cfg.fused else "reference")
-    log = MetricsLog(cfg.out, step if resume is not None else None) if d.main else None
-    if d.main:
+
+class Trainer:
+    """One run of `mdt train`: its data, step, logs and the loop (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | None, d: Dist, device: torch.device):
+        state = None
+        if resume is not None:
+            path, state = ckpt.resolve_resume(resume, cfg.out)
+            if d.main:
+                print(f"resuming from {path} (step {state['step']})", file=sys.stderr)
+        self.cfg = cfg = resolve_config(cfg, state)
+        validate(cfg, d.world)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.d, self.device = d, device
+        self.data = open_dataset(cfg.data, vae=cfg.vae, image_size=cfg.image_size, device=device)
+        if len(self.data) < cfg.batch_size:
+            raise UsageError(f"batch size {cfg.batch_size} is larger than the data set ({len(self.data)} examples)")
+        data = self.data
+        if cfg.num_classes is None:  # the data set's classes
+            self.cfg = cfg = dataclasses.replace(cfg, num_classes=data.num_classes)
+        # The saved config: the run's options plus what the data set fixes (enough to rebuild the model, decode).
+        self.config = {**model_config(cfg, data.input_size, data.in_channels, data.num_classes),
+                       "vae": getattr(data, "vae_name", cfg.vae), "latent_scale": getattr(data, "scale", None),
+                       "data_description": data.description, "world_size": d.world}
+        self.step = int(state["step"]) if state is not None else 0
+        self.saved_step = self.step if state is not None else None
+        self.train_seconds = float(state.get("train_seconds", 0.0)) if state is not None else 0.0
+        self.ts = build_train_step(cfg, self.config, device, d, state)
+        del state
+        self.log = MetricsLog(cfg.out, self.step if resume is not None else None, cfg.tensorboard) if d.main \
+            else None
+        self.sums = torch.zeros(5, device=device, dtype=torch.float64)  # see _accumulate
+        self.skipped_at_log = 0
+
+    def announce(self) -> None:
+        cfg, d = self.cfg, self.d
+        if not d.main:
+            return
         os.makedirs(cfg.out, exist_ok=True)
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-    n_params = sum(p.numel() for p in model.parameters())
-    if d.main:
-        print(f"{cfg.model} ({n_params / 1e6:.2f}M parameters) on {data.description}; {d.world} x {device.type}, "
-              f"global batch {cfg.batch_size}, {'fused' if cfg.fused else 'reference'} ops, {cfg.precision}"
-              f"{', compiled' if cfg.compile else ''}; steps {step} -> {cfg.steps}; output {cfg.out}", file=sys.stderr)
+            json.dump(self.config, f, indent=2)
+        n_params = sum(p.numel() for p in self.ts.model.parameters())
+        micro = f" in {cfg.grad_accum} micro-batches" if cfg.grad_accum > 1 else ""
+        print(f"{cfg.model} ({n_params / 1e6:.2f}M parameters) on {self.data.description}; {d.world} x "
+              f"{self.device.type}, global batch {cfg.batch_size}{micro}, {'fused' if cfg.fused else 'reference'} "
+              f"ops, {cfg.precision}{', compiled' if cfg.compile else ''}"
+              f"{', gradient checkpointing' if cfg.grad_checkpoint else ''}; steps {self.step} -> {cfg.steps}; "
+              f"output {cfg.out}", file=sys.stderr)
 
-    local_batch = cfg.batch_size // d.world
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, loss_full, loss_masked since the last log
-    n_sum, t_log, eval_result = 0, time.perf_counter(), None
-    bar = _progress(cfg, step, d)
-    with backend:
-        while step < cfg.steps:
-            idx = batch_indices(step, len(data), cfg.batch_size, cfg.seed)[d.rank * local_batch:][:local_batch]
-            x, y = data.to_model_input(data.batch(idx), device)
-            terms, loss = ts(x, y)
-            step += 1
-            with torch.no_grad():
-                full = (terms["loss"] - terms["m_loss"] if "m_loss" in terms else terms["loss"]).float().mean()
-                sums += torch.stack([loss.detach(), full, loss.detach() - full]).double()
-            n_sum += 1
-
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                if d.world > 1:
-                    dist.all_reduce(sums)
-                    sums /= d.world
-                mean = (sums / n_sum).tolist()  # the one host sync per log interval
-                now = time.perf_counter()
-                train_seconds += now - t_log
-                record = {"step": step, "loss": mean[0], "steps_per_s": n_sum / (now - t_log),
-                          "lr": opt.param_groups[0]["lr"], "train_seconds": train_seconds, "time": time.time()}
-                if cfg.is_mdt():
-                    record.update(loss_full=mean[1], loss_masked=mean[2])
-                if not math.isfinite(mean[0]):
-                    raise NonFiniteError(f"the training loss is {mean[0]} at step {step}; the last checkpoint "
-                                             f"in {ckpt.checkpoint_dir(cfg.out)} is intact (resume from it with a "
-                                             "lower --lr)")
-                if d.main:
-                    log.write(record)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{mean[0]:.4f}", it_s=f"{record['steps_per_s']:.1f}")
-                sums.zero_()
-                n_sum, t_log = 0, now
+    def run(self) -> TrainResult:
+        cfg, d = self.cfg, self.d
+        self.announce()
+        stopped_by = None
+        with mk.use_backend("auto" if cfg.fused else "reference"), StopRequests(d.world) as stop:
+            bar = progress_bar(cfg.steps, self.step, cfg.progress and d.main)
+            n_log, t_log = 0, time.perf_counter()
+            while self.step < cfg.steps:
+                self.one_step()
+                n_log += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    t_log = self.write_log(n_log, t_log, bar)
+                    n_log = 0
+                if bar is not None:
+                    bar.update(1)
+                t_aside = time.perf_counter()  # evaluation and checkpoint time is left out of steps/s
+                elapsed = self.train_seconds + (t_aside - t_log)
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    evaluate(self.ts.ema, self.data, cfg, d, self.step, self.log, elapsed)
+                if stop.should_stop():
+                    stopped_by = stop.signal
+                    self.stop_early(n_log, t_log, elapsed, stopped_by)
+                    break
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save(elapsed)
+                t_log += time.perf_counter() - t_aside
             if bar is not None:
-                bar.update(1)
+                bar.close()
+            result = None
+            if stopped_by is None:
+                self.check_ranks_agree()
+                result = finish(cfg, self.ts.ema, self.data, d, self.step, self.log, self.train_seconds)
+        if self.log is not None:
+            self.log.close()
+        return TrainResult(model=self.ts.model, ema=self.ts.ema, step=self.step, config=cfg, eval=result,
+                           stopped_by=stopped_by)
 
-            t_aside = time.perf_counter()  # evaluation and checkpoint time is left out of steps/s
-            elapsed = train_seconds + (t_aside - t_log)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                eval_result = _evaluate(ema, data, cfg, d, step, log, elapsed)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _save(cfg, config, step, model, ema, opt, d, device, elapsed)
-            t_log += time.perf_counter() - t_aside
+    def one_step(self) -> None:
+        cfg, d, data = self.cfg, self.d, self.data
+        local = cfg.batch_size // d.world
+        idx = batch_indices(self.step, len(data), cfg.batch_size, cfg.seed)[d.rank * local:][:local]
+        x, y = data.to_model_input(data.batch(idx), self.device)
+        terms, loss = self.ts(x, y, step=self.step + 1)
+        self.step += 1
+        self._accumulate(terms, loss)
 
-    if bar is not None:
-        bar.close()
-    if d.world > 1:  # every rank holds the same weights: DDP averaged the same gradients into the same state
-        sums = all_gather_objects(float(sum(p.double().sum() for p in model.parameters())), d)
-        if len(set(sums)) != 1:
-            raise RuntimeError(f"ranks hold different weights after training (checksums {sums})")
-    with backend:
-        eval_result = _finish(cfg, ema, data, d, step, log, train_seconds)
-    return TrainResult(model=model, ema=ema, step=step, config=cfg, eval=eval_result)
+    @torch.no_grad()
+    def _accumulate(self, terms: dict, loss: torch.Tensor) -> None:
+        """Sums over the log interval, on the device, of the good steps' losses (total, full pass, masked pass)
+        and gradient norms, and the number of good steps: a skipped step adds nothing."""
+        good = torch.isfinite(loss) & torch.isfinite(self.ts.grad_norm)
+        full = (terms["loss"] - terms["m_loss"] if "m_loss" in terms else terms["loss"]).float().mean()
+        values = torch.stack([loss, full, loss - full, self.ts.grad_norm.float().to(loss.device),
+                              torch.ones_like(loss)]).double()
+        self.sums += torch.where(good, values, torch.zeros_like(values))
 
+    def write_log(self, n_log: int, t_log: float, bar) -> float:
+        """One metrics record for the steps since the last one (the one host sync of a log interval); stops
+        the run when --max-bad-steps non-finite steps came in a row. Returns the time it was written."""
+        cfg, d = self.cfg, self.d
+        if d.world > 1:
+            dist.all_reduce(self.sums)  # sums over the ranks' good steps, and their count
+        s = self.sums.tolist()
+        health = self.ts.health
+        skipped_total, stop_at = int(health.total), int(health.stop_at)
+        if stop_at >= 0:
+            raise NonFiniteError(
+                f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient (skipped), the last at step "
+                f"{stop_at}; stopped. The last checkpoint in {ckpt.checkpoint_dir(cfg.out)} is intact: resume from "
+                "it with a lower --lr, or --precision fp32")
+        now = time.perf_counter()
+        self.train_seconds += now - t_log
+        mean = [v / s[4] if s[4] else math.nan for v in s[:4]]
+        record = {"step": self.step, "loss": mean[0], "grad_norm": mean[3], "steps_per_s": n_log / (now - t_log),
+                  "lr": self.ts.opt.param_groups[0]["lr"], "skipped_steps": skipped_total - self.skipped_at_log,
+                  "skipped_total": skipped_total, "train_seconds": self.train_seconds, "time": time.time()}
+        if cfg.is_mdt():
+            record.update(loss_full=mean[1], loss_masked=mean[2])
+        self.skipped_at_log = skipped_total
+        if d.main:
+            self.log.write(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean[0]:.4f}", it_s=f"{record['steps_per_s']:.1f}", skipped=skipped_total)
+        self.sums.zero_()
+        return now
 
-# Fields that define a run: on --resume they come from the checkpoint (the command line may change the rest,
-# e.g. --steps to train longer, or the logging and checkpoint intervals).
-_IDENTITY_FIELDS = ("model", "data", "vae", "image_size", "batch_size", "optimizer", "lr", "betas", "weight_decay",
-                    "max_grad_norm", "ema_decay", "class_dropout", "mask_ratio", "min_snr_gamma", "seed", "precision",
-                    "fused")
+    def save(self, train_seconds: float) -> None:
+        """One checkpoint of every rank's state (rank 0 writes it); never of weights that are not finite."""
+        cfg, d, ts = self.cfg, self.d, self.ts
+        if not all(bool(torch.isfinite(p).all()) for p in ts.model.parameters()):
+            raise NonFiniteError(f"the weights hold inf or NaN at step {self.step}; not saved. The last checkpoint "
+                                 f"in {ckpt.checkpoint_dir(cfg.out)} is intact")
+        rngs = all_gather_objects(rng_state(self.device), d)
+        if d.main:
+            state = {"model": ts.model.state_dict(), "ema": ts.ema.state_dict(), "opt": ts.opt.state_dict(),
+                     "rng": rngs, "config": self.config, "train_seconds": train_seconds}
+            ckpt.save_checkpoint(cfg.out, self.step, state, keep_last=cfg.keep_last)
+        if d.world > 1:
+            dist.barrier()
+        self.saved_step = self.step
 
+    def stop_early(self, n_log: int, t_log: float, elapsed: float, signal_name: str) -> None:
+        """A stop was requested: log the steps since the last record, write one checkpoint of this step."""
+        if n_log:
+            self.write_log(n_log, t_log, None)
+        if self.saved_step != self.step:
+            self.save(elapsed)
+        if self.d.main:
+            path = ckpt.checkpoint_path(self.cfg.out, self.step)
+            print(f"stopped by {signal_name} after step {self.step}; checkpoint {path}; continue with --resume auto",
+                  file=sys.stderr)
 
-def _progress(cfg, step, d):
-    if not (cfg.progress and d.main):
-        return None
-    from tqdm.auto import tqdm
-
-    tty = sys.stderr.isatty()
-    return tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                mininterval=0.5 if tty else 30.0, file=sys.stderr)
-
-
-def _save(cfg, config, step, model, ema, opt, d, device, train_seconds):
-    rngs = all_gather_objects(rng_state(device), d)
-    if d.main:
-        state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rngs,
-                 "config": config, "train_seconds": train_seconds}
-        ckpt.save_checkpoint(cfg.out, step, state, keep_last=cfg.keep_last)
-    if d.world > 1:
-        dist.barrier()
-
-
-def _sample_labels(n: int, num_classes: int) -> torch.Tensor:
-    return torch.arange(n) % num_classes
-
-
-def _evaluate(ema, data: TrainData, cfg: TrainConfig, d: Dist, step: int, log, train_seconds: float) -> dict | None:
-    """Built-in sets (digits, mnist): class accuracy and Frechet distance of EMA samples (rank 0; others wait)."""
-    result = None
-    if d.main and cfg.data in JUDGES:
-        from .sample import generate
-
-        labels = _sample_labels(cfg.eval_samples, data.num_classes)
-        samples = generate(ema, labels, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, clip_denoised=True,
-                           seed=cfg.seed + 12345)
-        result = sample_quality(cfg.data, samples, labels)
-        result.update(cfg_scale=cfg.cfg_scale, sample_steps=cfg.sample_steps)
-        log.write({"step": step, "train_seconds": train_seconds, "eval": result})
-    if d.world > 1:
-        dist.barrier()
-    return result
-
-
-def _finish(cfg, ema, data, d, step, log, train_seconds) -> dict | None:
-    """Loss curve, sample grid and (built-in sets) the quality of the final EMA model, in the run folder."""
-    result = _evaluate(ema, data, cfg, d, step, log, train_seconds)
-    if not d.main:
-        return result
-    from .sample import generate, save_grid
-
-    plot_losses(log.read(), os.path.join(cfg.out, "loss.png"))
-    per_class = 10
-    labels = torch.arange(data.num_classes).repeat_interleave(per_class)[: 10 * per_class]
-    pictures = generate(ema, labels, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
-                        clip_denoised=cfg.data in JUDGES, seed=cfg.seed + 777)
-    save_grid(data.decode(pictures), os.path.join(cfg.out, "samples.png"), nrow=per_class)
-    if result is not None:
-        with open(os.path.join(cfg.out, "eval.json"), "w") as f:
-            json.dump({"step": step, **result}, f, indent=2)
-        print(f"step {step}: EMA samples classified as their class {100 * result['accuracy']:.1f}% of the time, "
-              f"Frechet distance {result['frechet']:.2f} ({result['n']} samples, cfg {cfg.cfg_scale}); "
-              f"grid: {os.path.join(cfg.out, 'samples.png')}", file=sys.stderr)
-    return result
-
-
-#################################################################################
-#                                  Command line                                 #
-#################################################################################
-
-def add_arguments(p) -> None:
-    c, flag = TrainConfig(), argparse.BooleanOptionalAction
-    g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=c.model, help="model name (mdt.models.MODELS, e.g. MDTv2-Ti/2, DiT-S/2)")
-    g.add_argument("--data", default=c.data,
-                   help="'digits' (8x8), 'mnist' (32x32), a `mdt prepare-latents` folder or an image folder")
-    g.add_argument("--vae", default=c.vae, help="VAE for image folders (diffusers name or path)")
-    g.add_argument("--image-size", type=int, default=c.image_size)
-    g.add_argument("--mask-ratio", type=float, default=c.mask_ratio)
-    g.add_argument("--class-dropout", type=float, default=c.class_dropout)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=c.batch_size, help="global batch (split over ranks)")
-    g.add_argument("--steps", type=int, default=c.steps)
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=c.optimizer)
-    g.add_argument("--lr", type=float, default=c.lr)
-    g.add_argument("--betas", type=float, nargs="+", default=list(c.betas))
-    g.add_argument("--weight-decay", type=float, default=c.weight_decay)
-    g.add_argument("--max-grad-norm", type=float, default=c.max_grad_norm)
-    g.add_argument("--ema-decay", type=float, default=c.ema_decay)
-    g.add_argument("--min-snr-gamma", type=float, default=c.min_snr_gamma, help="MDTv2 loss weighting (DiT: none)")
-    g = p.add_argument_group("speed")
-    g.add_argument("--fused", action=flag, default=c.fused, help="fused kernels (--no-fused: reference)")
-    g.add_argument("--precision", choices=list(PRECISIONS), default=c.precision)
-    g.add_argument("--compile", action=flag, default=c.compile, help="torch.compile the training step")
-    g.add_argument("--device", default=c.device)
-    g.add_argument("--threads", type=int, default=c.threads, help="CPU threads per rank (0: torch default)")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default=c.out, help="output folder")
-    g.add_argument("--seed", type=int, default=c.seed)
-    g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|auto|PATH",
-                   help="continue from the newest usable checkpoint in --out (or from this file or run folder); "
-                   "'auto': resume when --out holds checkpoints, else start a new run")
-    g.add_argument("--log-every", type=int, default=c.log_every)
-    g.add_argument("--ckpt-every", type=int, default=c.ckpt_every)
-    g.add_argument("--keep-last", type=int, default=c.keep_last, help="checkpoints to keep (0: all)")
-    g.add_argument("--eval-every", type=int, default=c.eval_every, help="digits, mnist: evaluate the EMA every N steps")
-    g.add_argument("--eval-samples", type=int, default=c.eval_samples)
-    g.add_argument("--sample-steps", type=int, default=c.sample_steps)
-    g.add_argument("--cfg-scale", type=float, default=c.cfg_scale)
-    g.add_argument("--progress", action=flag, default=c.progress)
-
-
-def config_from_args(args) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: getattr(args, k) for k in names if hasattr(args, k)}
-    values["betas"] = tuple(values["betas"])
-    if len(values["betas"]) not in (2, 3):
-        raise UsageError(f"--betas takes 2 (AdamW) or 3 (Adan) values, got {len(values['betas'])}")
-    if values["optimizer"] == "adan" and len(values["betas"]) != 3:
-        raise UsageError("Adan needs 3 --betas values")
-    return TrainConfig(**values)
-
-
-def run(args) -> int:
-    cfg = config_from_args(args)
-    if args.resume == "auto":
-        args.resume = "latest" if ckpt.list_checkpoints(cfg.out) else None
-    if args.resume is None and ckpt.list_checkpoints(cfg.out):
-        raise UsageError(f"{cfg.out!r} already holds checkpoints: pass --resume to continue that run, or choose "
-                         "another --out")
-    train(cfg, resume=args.resume)
-    return 0
+    def check_ranks_agree(self) -> None:
+        """Every rank holds the same weights: DDP averaged the same gradients into the same state."""
+        if self.d.world > 1:
+            sums = all_gather_objects(float(sum(p.double().sum() for p in self.ts.model.parameters())), self.d)
+            if len(set(sums)) != 1:
+                raise RuntimeError(f"ranks hold different weights after training (checksums {sums})")

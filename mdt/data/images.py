@@ -12,7 +12,7 @@ import torch
 from ..errors import InputError, MissingInputError, NotAFolderError
 from ..utils import default_device
 from .base import TrainData
-from .vae import DEFAULT_VAE, VAE_SCALE, decode_latents, latent_size, load_vae, vae_name
+from .vae import DEFAULT_VAE, NO_VAE, VAE_SCALE, decode_latents, latent_size, load_vae, vae_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
@@ -71,23 +71,29 @@ def scan_image_folder(image_dir: str) -> tuple[list[str], list[int], list[str]]:
 
 
 class ImageFolderData(TrainData):
-    """An ImageNet-layout image folder read on the fly and encoded every step with the VAE (MDT's own
-    pipeline): `batch` loads center-cropped images, `to_model_input` flips (p = 0.5), encodes and samples."""
+    """An ImageNet-layout image folder (one sub-folder per class) read on the fly and encoded every step with
+    the VAE (MDT's own pipeline): `batch` loads center-cropped images, `to_model_input` flips (p = 0.5),
+    encodes and samples. With vae "none" the model trains on the pictures themselves (small images)."""
 
     def __init__(self, path: str, vae=DEFAULT_VAE, image_size: int = 256, device=None, workers: int = 4):
         self.path, self.image_size = path, image_size
         self.files, labels, self.classes = scan_image_folder(path)
         self.labels = torch.tensor(labels, dtype=torch.int64)
         vae = vae or DEFAULT_VAE
-        self._vae = load_vae(vae, device or default_device()) if isinstance(vae, str) else vae
-        self.vae_name = vae_name(self._vae)
-        self.scale = VAE_SCALE
-        self.in_channels, self.input_size = latent_size(self._vae, image_size)
+        if isinstance(vae, str) and vae.lower() == NO_VAE:
+            self._vae, self.vae_name, self.scale = None, None, None
+            self.in_channels, self.input_size = 3, image_size
+            space = "pixels"
+        else:
+            self._vae = load_vae(vae, device or default_device()) if isinstance(vae, str) else vae
+            self.vae_name, self.scale = vae_name(self._vae), VAE_SCALE
+            self.in_channels, self.input_size = latent_size(self._vae, image_size)
+            space = f"encoded every step with VAE {self.vae_name}"
         self.num_classes = len(self.classes)
         self.workers = workers
         self._pool = None
         self.description = (f"{len(self.files)} images ({image_size}px, {self.num_classes} classes) in {path}, "
-                            f"encoded every step with VAE {self.vae_name}")
+                            f"{space}")
 
     def __len__(self):
         return len(self.files)
@@ -104,13 +110,14 @@ class ImageFolderData(TrainData):
 
     @torch.no_grad()
     def to_model_input(self, batch, device):
-        vae = self._vae.to(device)
         x = batch["image"].to(device, non_blocking=True)
         flip = torch.rand(x.shape[0], device=device) < 0.5  # (B,)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        posterior = vae.encode(x).latent_dist
+        if self._vae is None:
+            return x, batch["y"].to(device, non_blocking=True)
+        posterior = self._vae.to(device).encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn_like(posterior.mean)  # (B, C, h, w)
         return z * self.scale, batch["y"].to(device, non_blocking=True)
 
     def decode(self, x):
-        return decode_latents(self._vae.to(x.device), x, self.scale)
+        return x if self._vae is None else decode_latents(self._vae.to(x.device), x, self.scale)

@@ -12,6 +12,7 @@ import torch
 from ..errors import MissingInputError, MissingPackageError, UsageError
 
 VAE_SCALE = 0.18215  # MDT/DiT latent scale for the SD VAE (MDT uses it whatever the VAE's config says)
+NO_VAE = "none"  # --vae none: an image folder trained on in pixel space, or samples written as they are
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"  # MDT's training encoder
 SAMPLE_VAE = "stabilityai/sd-vae-ft-ema"  # MDT's default decoder for samples (scripts/image_sample.py)
 

@@ -274,13 +274,17 @@ class GaussianDiffusion:
         terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
         return terms
 
-    def mdt_training_losses(self, model, x_start, t, model_kwargs=None):
+    def mdt_training_losses(self, model, x_start, t, model_kwargs=None, noise=None, masked_noise=None,
+                            masked_kwargs=None):
         """MDT's loss: a full pass and a masked pass (enable_mask=True) at the same x_0 and t, each with its own
-        noise. "loss" (B,) is their sum (so loss.mean() = mean(full) + mean(masked), for one backward); the
-        masked pass's terms are also returned with the prefix "m_"."""
+        noise (noise, masked_noise; None: drawn here). masked_kwargs: model arguments of the masked pass only
+        (its kept tokens, its label dropout), over model_kwargs. "loss" (B,) is their sum (so loss.mean() =
+        mean(full) + mean(masked), for one backward); the masked pass's terms are also returned with the
+        prefix "m_"."""
         model_kwargs = model_kwargs or {}
-        full = self.training_losses(model, x_start, t, model_kwargs)
-        masked = self.training_losses(model, x_start, t, {**model_kwargs, "enable_mask": True})
+        full = self.training_losses(model, x_start, t, model_kwargs, noise=noise)
+        masked = self.training_losses(model, x_start, t, {**model_kwargs, "enable_mask": True, **(masked_kwargs or {})},
+                                      noise=masked_noise)
         terms = {**full, **{"m_" + k: v for k, v in masked.items()}}
         terms["loss"] = full["loss"] + masked["loss"]
         return terms
