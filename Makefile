@@ -13,8 +13,8 @@ $(VPY):
 
 venv: $(VPY)
 	@$(VPY) -c "import torch" 2>/dev/null || $(PIP) "torch==$(TORCH_VERSION)"
-	@$(VPY) -c "import pytest, hypothesis, pytest_benchmark, triton, numpy, ninja, sklearn, diffusers, tqdm, matplotlib, PIL, scipy, mlxtend" 2>/dev/null || \
-		$(PIP) pytest hypothesis pytest-benchmark ruff triton numpy ninja scikit-learn diffusers tqdm matplotlib Pillow scipy mlxtend
+	@$(VPY) -c "import pytest, hypothesis, pytest_benchmark, triton, numpy, ninja, sklearn, diffusers, tqdm, matplotlib, PIL, scipy, mlxtend, tensorboard" 2>/dev/null || \
+		$(PIP) pytest hypothesis pytest-benchmark ruff triton numpy ninja scikit-learn diffusers tqdm matplotlib Pillow scipy mlxtend tensorboard
 	@# torch-fidelity without its deps: it would pull torchvision (and a CUDA torch); mdt.fid needs torch alone
 	@$(VPY) -c "import importlib.util as u; assert u.find_spec('torch_fidelity')" 2>/dev/null || \
 		$(PIP) --no-deps "torch-fidelity==0.4.0"
