@@ -1,13 +1,14 @@
 """Every Triton kernel of mdt_kernels compiled ahead of time for real GPUs (sm_80 = A100, sm_90 = H100), no
 GPU needed: Triton lowers to PTX and runs the ptxas it ships. CI runs it (``python -m benchmarks.triton_aot``).
 
-What is compiled is what the op wrappers launch: every public op runs forward and backward on the triton
-backend with CPU tensors of the test shapes and of MDTv2-S/2 and XL/2 at 256 px (the unmasked and the
-masked pass), fp32/fp16/bf16, and ``adan_step`` over its dtype pairs and flags; each kernel launch is
-intercepted (``JITFunction.run``) instead of executed, and Triton's own binder turns its arguments into the
-specialisation (argument types, constexprs, divisibility/alignment attributes, num_warps, ...) the JIT
-would compile on a GPU. The only device-dependent launch parameter, adan's (BLOCK, CHUNK), is taken from
-``adan._launch_shape`` for a CUDA device. Each distinct specialisation is then compiled for each target
+What is compiled is what the op wrappers launch: every declared op with a Triton kernel runs its example
+calls (mdt_kernels._registry) forward and backward on the triton backend with CPU tensors of the test
+shapes and of MDTv2-S/2 and XL/2 at 256 px (the unmasked and the masked pass), fp32/fp16/bf16 (adan_step:
+its dtype pairs and flags); each kernel launch is intercepted (``JITFunction.run``) instead of executed,
+and Triton's own binder turns its arguments into the specialisation (argument types, constexprs,
+divisibility/alignment attributes, num_warps, ...) the JIT would compile on a GPU. The only
+device-dependent launch parameter, adan's (BLOCK, CHUNK), is taken from ``adan._launch_shape`` for a CUDA
+device. Each distinct specialisation is then compiled for each target
 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``, with a fresh cache dir (a
 real compile, every run).
 
@@ -49,7 +50,8 @@ from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: E402
 
 import mdt_kernels as mk  # noqa: E402
-from mdt_kernels import _dispatch  # noqa: E402
+from mdt_kernels import _dispatch, _registry  # noqa: E402
+from mdt_kernels._registry import Sizes  # noqa: E402
 from mdt_kernels.ops import adan as adan_ops  # noqa: E402
 
 # Shared memory one block may use (with the opt-in), bytes: CUDA C Programming Guide, compute capabilities
@@ -66,27 +68,16 @@ GRID, TOKENS, KEPT = 16, 256, (153,)
 MODELS = {"S/2": dict(D=384, H=6, B=32), "XL/2": dict(D=1152, H=16, B=8)}
 
 
-@dataclass
-class Shapes:
-    """One op call's sizes: batch, tokens in (N) and kept (K), features, heads."""
-
-    B: int
-    N: int
-    K: int
-    D: int
-    H: int
-    G: int = 0  # grid side (N = G*G for the attention and bias ops)
-
-
-def shape_sets(which: str) -> dict[str, list[Shapes]]:
-    """name -> shapes. test: the awkward sizes of tests/ops (single feature, odd widths, a row longer than
-    one adaLN block, tiny grids); S/2, XL/2: 256 px, unmasked pass (K = N) and masked passes."""
+def shape_sets(which: str) -> dict[str, list[Sizes]]:
+    """name -> sizes of the ops' example calls. test: the awkward sizes of tests/ops (single feature, odd
+    widths, a row longer than one adaLN block, tiny grids); S/2, XL/2: 256 px, unmasked pass (K = N) and
+    masked passes."""
     sets = {}
     if which in ("test", "all"):
-        sets["test"] = [Shapes(2, 5, 3, 1, 1, 0), Shapes(3, 9, 4, 97, 2, 3), Shapes(1, 2, 2, 4097, 1, 0)]
+        sets["test"] = [Sizes(2, 5, 3, 1, 1, 0), Sizes(3, 9, 4, 97, 2, 3), Sizes(1, 2, 2, 4097, 1, 0)]
     if which in ("mdt", "all"):
         for name, m in MODELS.items():
-            sets[name] = [Shapes(m["B"], TOKENS, k, m["D"], m["H"], GRID) for k in (TOKENS, *KEPT)]
+            sets[name] = [Sizes(m["B"], TOKENS, k, m["D"], m["H"], GRID) for k in (TOKENS, *KEPT)]
     return sets
 
 
@@ -123,97 +114,15 @@ def intercepted_launches(on_launch, where: list):
         yield
 
 
-def _leaf(*shape, dtype):
-    return torch.zeros(*shape, dtype=dtype).requires_grad_()
-
-
-def _ids(B, K, N):
-    return torch.stack([torch.randperm(N)[:K] for _ in range(B)]) if B else torch.zeros(0, K, dtype=torch.long)
-
-
-def _mods(B, D, dtype, k):
-    """k (B, D) views of one (B, 6D) tensor, as adaLN_modulation(c).chunk(6, dim=1) gives them."""
-    base = torch.zeros(B, 6 * D, dtype=dtype)
-    return [t.detach().requires_grad_() for t in base.split(D, dim=1)[:k]]
-
-
-def _backward(outs, leaves):
-    outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if o.requires_grad]
-    torch.autograd.grad(outs, leaves, [torch.ones_like(o) for o in outs], allow_unused=True)
-
-
-def op_calls(s: Shapes, dtype):
-    """(op name, thunk running it forward and backward) for every op at sizes s."""
-    B, N, K, D, H, G = s.B, s.N, s.K, s.D, s.H, s.G
-
-    def gather():
-        x = _leaf(B, N, D, dtype=dtype)
-        _backward(mk.gather_tokens(x, _ids(B, K, N)), [x])
-
-    def unmask():
-        xk, mask, pos = _leaf(B, K, D, dtype=dtype), _leaf(D, dtype=dtype), _leaf(N, D, dtype=dtype)
-        _backward(mk.unmask_tokens(xk, _ids(B, K, N), mask, N, pos), [xk, mask, pos])
-        xk, mask = _leaf(B, K, D, dtype=dtype), _leaf(D, dtype=dtype)
-        _backward(mk.unmask_tokens(xk, _ids(B, K, N), mask, N), [xk, mask])
-
-    def adaln():
-        x, (sh, sc) = _leaf(B, N, D, dtype=dtype), _mods(B, D, dtype, 2)
-        _backward(mk.adaln_modulate(x, sh, sc), [x, sh, sc])
-
-    def gated():
-        x, y, (g,) = _leaf(B, N, D, dtype=dtype), _leaf(B, N, D, dtype=dtype), _mods(B, D, dtype, 1)
-        _backward(mk.gated_residual(x, g, y), [x, g, y])
-
-    def residual_adaln():
-        x, y, mods = _leaf(B, N, D, dtype=dtype), _leaf(B, N, D, dtype=dtype), _mods(B, D, dtype, 3)
-        _backward(mk.residual_adaln_modulate(x, mods[0], y, mods[1], mods[2]), [x, y, *mods])
-
-    def linear_gelu():
-        x, w, b = _leaf(B, N, D, dtype=dtype), _leaf(4 * D, D, dtype=dtype), _leaf(4 * D, dtype=dtype)
-        _backward(mk.linear_gelu(x, w, b), [x, w, b])
-
-    calls = [("gather_tokens", gather), ("unmask_tokens", unmask), ("adaln_modulate", adaln),
-             ("gated_residual", gated), ("residual_adaln_modulate", residual_adaln), ("linear_gelu", linear_gelu)]
-    if G:
-        R = (2 * G - 1) ** 2 + 3  # MDT's table has 3 unused extra rows
-        Dh = max(1, D // H)
-
-        def rel_bias():
-            t = _leaf(R, H, dtype=dtype)
-            _backward(mk.masked_rel_pos_bias(t, G, _ids(B, K, G * G)), [t])
-            if K == G * G:
-                _backward(mk.masked_rel_pos_bias(t, G), [t])
-
-        def attention():
-            qkv, t = _leaf(B, K, 3, H, Dh, dtype=dtype), _leaf(R, H, dtype=dtype)
-            ids = None if K == G * G else _ids(B, K, G * G)
-            _backward(mk.rel_pos_attention(qkv, t, G, ids), [qkv, t])
-
-        calls += [("masked_rel_pos_bias", rel_bias), ("rel_pos_attention", attention)]
-    return calls
-
-
-def adan_calls():
-    """adan_step over the (param, state) dtype pairs mdt.optim.Adan makes, first and later steps, both
-    weight-decay forms, aligned tensors and a misaligned view."""
-    pairs = [(torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.float16, torch.float32),
-             (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)]
-    calls = []
-    for p_dtype, s_dtype in pairs:
-        for first in (True, False):
-            for no_prox in (False, True):
-                for aligned in (True, False) if (first, no_prox) == (True, False) else (True,):
-                    def run(p_dtype=p_dtype, s_dtype=s_dtype, first=first, no_prox=no_prox, aligned=aligned):
-                        n = 1000
-                        params = [torch.zeros(n + 1, dtype=p_dtype)[int(not aligned):][:n]]
-                        grads = [torch.zeros(n, dtype=p_dtype)]
-                        states = [[torch.zeros(n, dtype=s_dtype)] for _ in range(4)]
-                        mk.adan_step(params, grads, *states, lr=1e-3, step=1 if first else 2, no_prox=no_prox,
-                                     backend="triton")
-
-                    name = f"adan_step p={str(p_dtype)[6:]} s={str(s_dtype)[6:]} first={first} no_prox={no_prox}"
-                    calls.append((name + ("" if aligned else " misaligned"), run))
-    return calls
+def run_example(op: _registry.Op, example: _registry.Example) -> None:
+    """op's public function on an example call, then its backward (cotangents of ones) when it has one."""
+    args = [a.detach().requires_grad_() if i in example.grad else a for i, a in enumerate(example.args)]
+    outs = op.function(*args, **example.kwargs)
+    outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if isinstance(o, torch.Tensor)]
+    outs = [o for o in outs if o.requires_grad]
+    if outs:
+        torch.autograd.grad(outs, [args[i] for i in example.grad], [torch.ones_like(o) for o in outs],
+                            allow_unused=True)
 
 
 def record_variants(which: str, archs, kernels=None, ops=None, dtypes=None) -> dict[int, list]:
@@ -236,19 +145,17 @@ def record_variants(which: str, archs, kernels=None, ops=None, dtypes=None) -> d
                 v.where.append(launch.where)
 
     with intercepted_launches(on_launch, where), mk.use_backend("triton"):
-        for set_name, shapes in shape_sets(which).items():
-            for s in shapes:
-                for dname, dtype in DTYPES.items():
-                    if dtypes and dname not in dtypes:
-                        continue
-                    for op, run in op_calls(s, dtype):
-                        if ops and op not in ops:
+        for op_name, op in sorted(_registry.all_ops().items()):
+            if "triton" not in op.impls or (ops and op_name not in ops):
+                continue
+            for set_name, sizes in shape_sets(which).items():
+                for s in sizes:
+                    for dname, dtype in DTYPES.items():
+                        if dtypes and dname not in dtypes:
                             continue
-                        where[0] = f"{op} {set_name} B={s.B} N={s.N} K={s.K} D={s.D} H={s.H} {dname}"
-                        run()
-        for name, run in adan_calls() if not ops or "adan_step" in ops else ():
-            where[0] = name
-            run()
+                        for example in op.examples(s, dtype):
+                            where[0] = f"{op_name} {set_name} B={s.B} N={s.N} K={s.K} D={s.D} H={s.H} {dname}"
+                            run_example(op, example)
     return {arch: list(vs.values()) for arch, vs in seen.items()}
 
 

@@ -1,13 +1,11 @@
-// Every mdt_kernels:: op schema (csrc/include/mdt_schemas.h). Kernels register against these per dispatch key
-// (csrc/cpu/<op>.cpp for CPU, csrc/cuda/<op>.cpp for CUDA); fake tensor and autograd rules live in
-// mdt_kernels/ops/<op>.py. The Triton variants are Python custom ops defined in those same files.
+// The module mdt_kernels._C. Each op defines its schemas next to its CPU kernel (csrc/cpu/<op>.cpp,
+// TORCH_LIBRARY_FRAGMENT) and registers its kernels per dispatch key there and in csrc/cuda/<op>.cpp;
+// fake tensor and autograd rules live in mdt_kernels/ops/<op>.py, with the Triton twins.
 #include <Python.h>
 #include <torch/library.h>
 
-#include "mdt_schemas.h"
-
 extern "C" {
-// `import mdt_kernels._C` loads this shared library, which runs the static registrations below.
+// `import mdt_kernels._C` loads this shared library, which runs the static registrations of every op.
 // No pybind11: the ops are reached through torch.ops.mdt_kernels.*.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
@@ -15,4 +13,5 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(mdt_kernels, m) { mdt::define_ops(m); }
+// Claims the namespace for this library (a second TORCH_LIBRARY(mdt_kernels) elsewhere fails to load).
+TORCH_LIBRARY(mdt_kernels, m) {}

@@ -67,16 +67,17 @@ class RelativePositionBias(nn.Module):
 
 
 def attention_backend(backend, x, rel_pos):
-    """The attention implementation for tokens x: 'auto' takes xformers (else SDPA) on CUDA, and on other
-    devices mdt_kernels' fused attention when there is a relative-position bias (else SDPA)."""
+    """The attention implementation for tokens x: 'auto' takes mdt_kernels' fused attention where the
+    dispatcher runs one of its kernels for x (mdt_kernels.runs_fused; a block with a relative-position bias),
+    else xformers on CUDA when installed, else SDPA."""
     if backend != "auto":
         if backend == "mdt_kernels" and not rel_pos:
             raise ValueError("attention backend 'mdt_kernels' needs a relative position bias (MDT blocks); "
                              "this block has none")
         return backend
-    if x.is_cuda:
-        return "xformers" if xops is not None else "sdpa"
-    return "mdt_kernels" if rel_pos else "sdpa"
+    if rel_pos and mk.runs_fused("rel_pos_attention", x.device):
+        return "mdt_kernels"
+    return "xformers" if x.is_cuda and xops is not None else "sdpa"
 
 
 def attention(q, k, v, bias=None, backend="sdpa"):
@@ -104,17 +105,13 @@ def attention(q, k, v, bias=None, backend="sdpa"):
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and state-dict keys) whose CPU GEMMs run as mdt_kernels.linear, on
-    the engine mdt_kernels.cpu_gemm_engine(dtype) names (oneDNN or ATen), wherever the dispatcher runs
-    linear's kernel (auto or cpu backend, CPU tensors); otherwise (reference, an explicit triton/cuda
-    backend, GPUs) it is exactly nn.Linear, as linear has only a CPU kernel. For the per-token projections;
-    the per-sample ones (adaLN, timestep MLP: a batch of rows) keep nn.Linear, where the op's call overhead
-    would outweigh the GEMM."""
+    """nn.Linear (same parameters and state-dict keys) run as mdt_kernels.linear: where the dispatcher runs
+    its CPU kernel, the GEMMs run on the engine mdt_kernels.cpu_gemm_engine(dtype) names; elsewhere (the
+    reference, GPUs) it is F.linear. For the per-token projections; the per-sample ones (adaLN, timestep MLP:
+    a batch of rows) keep nn.Linear, where the op's call overhead would outweigh the GEMM."""
 
     def forward(self, x):
-        if mk.runs_fused("linear", x.device):
-            return mk.linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return mk.linear(x, self.weight, self.bias)
 
 
 class Attention(nn.Module):

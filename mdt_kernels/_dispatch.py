@@ -5,17 +5,17 @@ Backends (all compute the same function):
   cpu        C++ kernels of mdt_kernels._C, CPU tensors.
   cuda       CUDA kernels of mdt_kernels._C (built only against a CUDA torch), CUDA tensors.
   triton     Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (tests only: slow).
-  cuda_sim   test-only, never listed nor chosen for users: the cuda backend's bindings and kernels built for
-             the host execution layer csrc/simt (mdt_kernels._C_sim, ops mdt_kernels_sim::*), on CPU tensors.
-             Enabled by MDT_KERNELS_SIM=1 (MDT_KERNELS_SIM=asan: the sanitizer build _C_sim_asan) before import.
 
 The backend is global state: ``set_backend(name)`` sets it; ``with use_backend(name):`` sets it for a block
 (from entering to leaving it: constructing one does nothing); ``MDT_KERNELS_BACKEND`` gives the default, else
-``auto``. Each op declares the kernels it has per device type (``declare_kernels``; the reference runs
-everywhere) and asks ``resolve`` which one runs: ``auto`` takes the first backend of ``AUTO_ORDER[device type]``
-the op has and that can run here. An explicit backend that cannot run raises ``BackendError`` with the
-reason; nothing is replaced silently. Code that chooses between an op and something else (mdt's models,
-its optimizer) asks ``runs_fused`` rather than reading the setting itself.
+``auto``. An op's kernels are the backends its declaration implements (mdt_kernels._registry; the reference
+runs everywhere). ``implementation(op, device, *inputs)`` is the decision: the backend (``auto`` takes the
+first of ``AUTO_ORDER[device type]``, or of the op's own order, that the op has and that can run here) and,
+on the cpu backend, the op's inference form when autograd will not record the call. An explicit backend
+that cannot run raises ``BackendError`` with the reason; nothing is replaced silently, except for an op that
+declares its reference as its implementation where it has no kernel. Code that chooses between an op and
+something else (mdt's attention, its optimizer) asks ``runs_fused`` rather than reading the setting itself.
+``add_backend`` attaches a backend from outside the package (the test suite does).
 """
 
 from __future__ import annotations
@@ -24,14 +24,17 @@ import importlib.util
 import os
 import re
 import warnings
+from collections.abc import Callable
 
 import torch
 
+from . import _registry
+
 BACKENDS = ("reference", "cpu", "triton", "cuda")
-SIM = "cuda_sim"
-_CHOICES = ("auto",) + BACKENDS + (SIM,)
 # Fastest first, per device type. Interpreted Triton on CPU is never chosen automatically.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+# The device types whose tensors each compiled or Triton backend runs.
+_DEVICES = {"cpu": ("cpu",), "cuda": ("cuda",), "triton": ("cpu", "cuda")}
 
 
 class BackendError(RuntimeError):
@@ -47,37 +50,33 @@ def _load_extension() -> str | None:
     return None
 
 
+def _registered_keys() -> set[str]:
+    """The dispatch keys ("cpu", "cuda") for which mdt_kernels._C registered kernels."""
+    registered = torch._C._dispatch_get_registrations_for_dispatch_key
+    return {key.lower() for key in ("CPU", "CUDA") if any(n.startswith("mdt_kernels::") for n in registered(key))}
+
+
 # Facts fixed at import (and so constant under torch.compile): what was built, what is installed.
 _EXT_ERROR = _load_extension()
-_EXT_KEYS = {
-    key.lower()
-    for key in ("CPU", "CUDA")
-    if _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("mdt_kernels::gather_tokens", key)
-}
-
-
-def _load_sim() -> str | None:
-    """Imports the cuda_sim extension when MDT_KERNELS_SIM asks for it; returns why it cannot run, or None."""
-    switch = os.environ.get("MDT_KERNELS_SIM", "0").strip().lower()
-    if switch not in ("1", "asan"):
-        return f"{SIM} is a test-only backend: set MDT_KERNELS_SIM=1 before importing mdt_kernels"
-    module = "_C_sim_asan" if switch == "asan" else "_C_sim"
-    try:
-        importlib.import_module(f"mdt_kernels.{module}")
-    except ImportError as e:
-        return f"mdt_kernels.{module} could not be loaded ({e}); build it with `make build`"
-    return None
-
-
-_SIM_ERROR = _load_sim()
+_EXT_KEYS = _registered_keys() if _EXT_ERROR is None else set()
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 # Triton reads this when kernels are decorated, so a later change would not take effect anyway.
 _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Backends attached by add_backend: name -> (device type, why it cannot run or None).
+_ADDED: dict[str, tuple[str, str | None]] = {}
+
+
+def add_backend(name: str, device_type: str, unavailable: str | None = None) -> None:
+    """Attaches a backend that runs ``device_type`` tensors (``unavailable``: why it cannot run, or None).
+    It can be selected by name, is never chosen by ``auto``, and runs the ops whose ``impls`` name it."""
+    if name in BACKENDS or name == "auto":
+        raise ValueError(f"backend {name!r} is built in")
+    _ADDED[name] = (device_type, unavailable)
 
 
 def _check_name(name: str) -> str:
-    if name not in _CHOICES:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(_CHOICES)}")
+    if name != "auto" and name not in BACKENDS and name not in _ADDED:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(('auto',) + BACKENDS + tuple(_ADDED))}")
     return name
 
 
@@ -120,31 +119,22 @@ class use_backend(_Switch):
     """Selects the backend inside a ``with`` block (``set_backend``: from now on).
 
     >>> with mdt_kernels.use_backend("reference"):
-    ...     y = mdt_kernels.gather_tokens(x, ids)
+    ...     y = model(x)
     """
 
     _check, _get, _set = staticmethod(_check_name), staticmethod(get_backend), staticmethod(set_backend)
 
 
-# The kernels each op has, per device type; the reference (any device) is implied. An op that declares
-# nothing has every backend that runs on the device: cpu and triton on CPU tensors, cuda and triton on CUDA ones.
-_ALL_KERNELS = {"cpu": ("cpu", "triton"), "cuda": ("cuda", "triton")}
-_KERNELS: dict[str, dict[str, tuple[str, ...]]] = {}
-
-
-def declare_kernels(op: str, **per_device: tuple[str, ...]) -> None:
-    """Declares the kernels of ``op`` per device type, e.g. ``declare_kernels("linear", cpu=("cpu",), cuda=())``."""
-    for dev, names in per_device.items():
-        bad = [n for n in names if n not in BACKENDS or n == "reference"]
-        if dev not in _ALL_KERNELS or bad:
-            raise ValueError(f"declare_kernels({op!r}): unknown device type {dev!r} or backends {bad}")
-    _KERNELS[op] = {dev: tuple(per_device.get(dev, ())) for dev in _ALL_KERNELS}
+def _device_types(backend: str) -> tuple[str, ...]:
+    return (_ADDED[backend][0],) if backend in _ADDED else _DEVICES.get(backend, ())
 
 
 def op_kernels(op: str, device: torch.device | str) -> tuple[str, ...]:
     """The backends ``op`` has for tensors of ``device``: its kernels, then "reference" (whatever this build
     and machine can run: see available_backends)."""
-    return _KERNELS.get(op, _ALL_KERNELS).get(torch.device(device).type, ()) + ("reference",)
+    dev = torch.device(device).type
+    impls = _registry.get(op).impls
+    return tuple(b for b in BACKENDS[1:] + tuple(_ADDED) if b in impls and dev in _device_types(b)) + ("reference",)
 
 
 def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
@@ -160,10 +150,6 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
         if backend not in _EXT_KEYS:
             return f"mdt_kernels._C was built without {backend} kernels (torch without CUDA or no nvcc at build time)"
         return None
-    if backend == SIM:
-        if dev != "cpu":
-            return f"the {SIM} backend runs on cpu tensors, these are on {dev}"
-        return _SIM_ERROR
     if backend == "triton":
         if not _HAS_TRITON:
             return "triton is not installed"
@@ -174,27 +160,23 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
                 return None
             return "Triton runs CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)"
         return f"Triton does not run on {dev} tensors"
+    if backend in _ADDED:
+        device_type, why = _ADDED[backend]
+        return f"the {backend} backend runs on {device_type} tensors, these are on {dev}" if dev != device_type else why
     raise ValueError(f"unknown backend {backend!r}")
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
     """Backends that can run here: for ``device`` if given, else for any device this machine has."""
+    listed = BACKENDS + tuple(_ADDED)
     if device is not None:
-        return [b for b in _listed() if unavailable_reason(b, device) is None]
+        return [b for b in listed if unavailable_reason(b, device) is None]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return [b for b in _listed() if any(unavailable_reason(b, d) is None for d in devices)]
-
-
-def _listed() -> tuple[str, ...]:
-    """BACKENDS, and cuda_sim when the test switch has loaded it."""
-    return BACKENDS + ((SIM,) if _SIM_ERROR is None else ())
+    return [b for b in listed if any(unavailable_reason(b, d) is None for d in devices)]
 
 
 def has_kernel(op: str, backend: str, device: torch.device | str) -> bool:
-    """Whether ``op`` has a kernel of ``backend`` for ``device`` tensors (cuda_sim, CPU tensors on the cuda
-    backend's kernels, runs the ops that have a cuda kernel)."""
-    if backend == SIM:
-        return "cuda" in op_kernels(op, "cuda")
+    """Whether ``op`` has a kernel of ``backend`` for ``device`` tensors."""
     return backend in op_kernels(op, device)
 
 
@@ -216,15 +198,24 @@ def _warn_reference(op: str, device: torch.device) -> None:
 
 def _choose(op: str, device: torch.device) -> tuple[str, str | None]:
     """(backend, why it cannot run or None) under the current setting."""
+    decl = _registry.get(op)
     if _backend != "auto":
         why = unavailable_reason(_backend, device)
         if why is None and not has_kernel(op, _backend, device):
+            if decl.reference_elsewhere:
+                return "reference", None
             why = f"{op} has no {_backend} kernel (it has: {', '.join(op_kernels(op, device))})"
         return _backend, why
-    for name in AUTO_ORDER.get(device.type, ()):
+    for name in decl.auto.get(device.type, AUTO_ORDER.get(device.type, ())):
         if has_kernel(op, name, device) and unavailable_reason(name, device) is None:
             return name, None
     return "reference", None
+
+
+def _quiet_reference(op: str, device: torch.device) -> bool:
+    """Whether the op runs its reference on this device type by its own declaration (no warning)."""
+    decl = _registry.get(op)
+    return decl.reference_elsewhere or device.type in decl.auto
 
 
 def resolve(op: str, device: torch.device) -> str:
@@ -232,15 +223,32 @@ def resolve(op: str, device: torch.device) -> str:
     backend, why = _choose(op, device)
     if why is not None:
         raise BackendError(f"mdt_kernels.{op}: backend {_backend!r} cannot run: {why}")
-    if backend == "reference" and _backend == "auto" and device.type in AUTO_ORDER:
+    if backend == "reference" and _backend == "auto" and device.type in AUTO_ORDER and not _quiet_reference(op, device):
         _warn_reference(op, device)
     return backend
+
+
+def grad_needed(*inputs) -> bool:
+    """Whether autograd records a call with these inputs: grad mode on (not torch.no_grad() or inference_mode)
+    and a tensor among them that requires grad."""
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in inputs)
+
+
+def implementation(op: str, device: torch.device, *inputs) -> tuple[str, Callable]:
+    """(backend, function) that runs ``op`` for tensors on ``device`` under the current setting: the backend's
+    implementation, or on the cpu backend the op's inference form when autograd will not record a call with
+    ``inputs`` (the tensors it could differentiate in)."""
+    backend = resolve(op, device)
+    decl = _registry.get(op)
+    if backend == "cpu" and decl.inference is not None and not grad_needed(*inputs):
+        return backend, decl.inference
+    return backend, decl.impls[backend]
 
 
 def runs_fused(op: str, device: torch.device | str) -> bool:
     """Whether ``op`` runs one of its kernels (not the reference) for ``device`` tensors under the current
     setting; never raises nor warns. For code that would run something else than the op's reference
-    otherwise (mdt's Linear: nn.Linear; Adan: its foreach path)."""
+    otherwise (mdt's attention: xformers or SDPA; Adan: its foreach path)."""
     backend, why = _choose(op, torch.device(device))
     return why is None and backend != "reference"
 

@@ -1,13 +1,11 @@
 """Test set-up. Without a GPU, Triton kernels run on CPU tensors through Triton's interpreter; the
-variable must be set before triton is first imported, so it is set here, before anything imports it."""
+variable must be set before triton is first imported, so it is set here, before anything imports it.
+The cuda_sim backend (tests/cuda_sim: the CUDA kernels on the CPU) is attached to mdt_kernels here, before
+any test module lists the backends."""
 
 import os
 
 import pytest
-
-# The cuda_sim backend (the CUDA kernels on the host execution layer csrc/simt) is test-only: this switch
-# loads it (MDT_KERNELS_SIM=asan: the sanitizer build, see `make test-sanitize`).
-os.environ.setdefault("MDT_KERNELS_SIM", "1")
 
 if os.environ.get("TRITON_INTERPRET") is None:
     import torch
@@ -21,6 +19,17 @@ if os.environ.get("TRITON_INTERPRET") is None:
 from mdt_kernels._dispatch import use_inductor_cache_per_aten_capability  # noqa: E402
 
 use_inductor_cache_per_aten_capability()
+
+import cuda_sim  # noqa: E402
+
+cuda_sim.attach()
+
+
+def pytest_configure(config):
+    # Marks of the backend params (helpers.backend_device_pairs): `-m "not cuda_sim and not reference"` keeps
+    # the tests of the kernels that depend on the CPU's instruction set (.ci/run's capped passes).
+    config.addinivalue_line("markers", "cuda_sim: runs a CUDA kernel on the CPU (tests/cuda_sim)")
+    config.addinivalue_line("markers", "reference: runs the PyTorch reference of an op")
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import settings
@@ -10,8 +12,8 @@ import mdt_kernels as mk
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FUSED = ("cpu", "cuda", "triton")
-# The test-only backend that runs the cuda backend's bindings and kernels on CPU tensors (csrc/simt); it
-# joins every list of backends that holds "cuda" (conftest.py sets MDT_KERNELS_SIM=1).
+# The test suite's backend that runs the cuda backend's bindings and kernels on CPU tensors (tests/cuda_sim,
+# attached by conftest.py); it joins every list of backends that holds "cuda".
 SIM = "cuda_sim"
 NEEDS_GPU = "needs a physical GPU (no CUDA device here; the cuda_sim params run these CUDA kernels on the CPU)"
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -35,7 +37,7 @@ def backend_device_pairs(backends=FUSED) -> list:
         for b in backends:
             if b in ("cpu", "cuda") and b != device or b == SIM and device != "cpu":
                 continue
-            marks = [pytest.mark.triton] if b == "triton" else []
+            marks = [getattr(pytest.mark, b)] if b in ("triton", SIM, "reference") else []
             if device == "cuda":
                 marks.append(pytest.mark.cuda)
             why = None if device in DEVICES else NEEDS_GPU
@@ -49,7 +51,8 @@ def backend_device_pairs(backends=FUSED) -> list:
 def cpu_params(backends) -> list:
     """pytest params for backends run on CPU tensors; one that cannot run here is reported as skipped with
     the reason."""
-    return [pytest.param(b, id=b, marks=[pytest.mark.skip(reason=why)] if why else [])
+    return [pytest.param(b, id=b, marks=([getattr(pytest.mark, b)] if b in ("triton", SIM, "reference") else [])
+                         + ([pytest.mark.skip(reason=why)] if why else []))
             for b in backends for why in [mk._dispatch.unavailable_reason(b, "cpu")]]
 
 
@@ -84,6 +87,21 @@ def property_settings(backend: str, device: str) -> settings:
     """Hypothesis settings for a property test on one backend: few examples under Triton's interpreter
     (it simulates every program instance in numpy), no deadline (first calls compile), reproducible."""
     return settings(max_examples=8 if is_interpreted(backend, device) else 30, deadline=None, derandomize=True)
+
+
+@contextlib.contextmanager
+def nan_filled_memory():
+    """torch.empty (and new_empty, empty_like, ... on CPU and CUDA) returns NaN-filled memory inside the block
+    (integer tensors their maximum): a kernel that leaves part of its output unwritten shows it."""
+    det, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det, warn_only=warn)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, **kw) -> None:

@@ -11,10 +11,20 @@ from mdt_kernels import _dispatch
 
 def test_available_backends_lists_reference_first():
     assert mk.available_backends()[0] == "reference"
-    # cuda_sim (test-only) is listed only under the test switch MDT_KERNELS_SIM=1, which conftest.py sets
+    # cuda_sim is the test suite's (tests/cuda_sim, attached by conftest.py): never built in, never auto's choice
     assert set(mk.available_backends()) <= set(mk.BACKENDS) | {"cuda_sim"}
     assert "cuda_sim" not in mk.BACKENDS and "cuda_sim" not in mk._dispatch.AUTO_ORDER["cpu"]
     assert mk.available_backends("meta") == ["reference"]
+
+
+def test_every_op_is_declared_once_and_exported():
+    from mdt_kernels import _registry
+
+    ops = _registry.all_ops()
+    assert tuple(sorted(ops)) == mk.OPS and set(mk.OPS) <= set(mk.__all__)
+    for name, op in ops.items():
+        assert getattr(mk, name) is op.function and "reference" in op.impls, name
+        assert set(op.impls) <= set(mk.BACKENDS) | set(_dispatch._ADDED), name
 
 
 def test_use_backend_global_and_context():
@@ -58,8 +68,8 @@ def test_context_restores_after_exception():
 def test_unknown_backend_raises(select):
     with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
         select("cudnn")
-    with pytest.raises(ValueError, match="unknown device type 'tpu'"):
-        _dispatch.declare_kernels("some_op", tpu=("cpu",))
+    with pytest.raises(ValueError, match="'cpu' is built in"):
+        _dispatch.add_backend("cpu", "cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -120,3 +130,36 @@ def test_auto_without_extension_warns_once_and_uses_reference(monkeypatch):
     assert len(msgs) == 1 and "could not be loaded (test)" in msgs[0]
     with mk.use_backend("cpu"), pytest.raises(mk.BackendError, match="could not be loaded"):
         mk.gather_tokens(x, ids)
+
+
+def test_reference_by_declaration_is_quiet(monkeypatch):
+    """linear has no GPU or Triton kernel and declares F.linear (cuBLAS) its implementation there; on CUDA,
+    auto runs rel_pos_attention's reference (SDPA) by declaration: no error, no warning."""
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    x, w = torch.randn(2, 4), torch.randn(3, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mk.use_backend("auto"):
+            assert _dispatch.resolve("linear", torch.device("cuda")) == "reference"
+            assert _dispatch.resolve("rel_pos_attention", torch.device("cuda")) == "reference"
+            assert not mk.runs_fused("rel_pos_attention", "cuda")
+        if _dispatch.unavailable_reason("triton", "cpu") is None:
+            with mk.use_backend("triton"):
+                torch.testing.assert_close(mk.linear(x, w), x @ w.t())
+                assert not mk.runs_fused("linear", "cpu")
+    assert not [w for w in caught if "no fused backend" in str(w.message)]
+
+
+@pytest.mark.skipif(_dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
+def test_implementation_takes_the_inference_form_when_no_backward_follows():
+    from mdt_kernels import _registry
+
+    x, linear_gelu = torch.randn(2, 3, 4), _registry.get("linear_gelu")
+    with mk.use_backend("cpu"):
+        assert _dispatch.implementation("linear_gelu", x.device, x) == ("cpu", linear_gelu.inference)
+        x.requires_grad_()
+        assert _dispatch.implementation("linear_gelu", x.device, x) == ("cpu", linear_gelu.impls["cpu"])
+        with torch.no_grad():
+            assert _dispatch.implementation("linear_gelu", x.device, x) == ("cpu", linear_gelu.inference)
+        gather = _registry.get("gather_tokens").impls["cpu"]
+        assert _dispatch.implementation("gather_tokens", x.device) == ("cpu", gather)  # one form only

@@ -30,12 +30,11 @@ def _tree(tmp_path):
     torch_dir.mkdir(parents=True)
     (torch_dir / "version.py").touch()
     (tmp_path / "mdt_kernels").mkdir()
-    for so in ("_C.abi3.so", "_C_sim.abi3.so"):
-        (tmp_path / "mdt_kernels" / so).touch()
+    (tmp_path / "mdt_kernels" / "_C.abi3.so").touch()
     # The venv target's `$(PY) -m venv .venv`: a venv made long ago (so only its absence can start a build).
     (tmp_path / "venv.sh").write_text(f"mkdir -p .venv/bin && ln -s {shutil.which('true')} .venv/bin/python && "
                                       "touch -d @0 .venv/pyvenv.cfg\n")
-    outputs = "mdt_kernels/_C.abi3.so mdt_kernels/_C_sim.abi3.so .venv/bin/mdt"
+    outputs = "mdt_kernels/_C.abi3.so .venv/bin/mdt"
     (tmp_path / "pip.sh").write_text(f"echo PIP-RAN; touch {outputs}\n")
     # Everything written long ago: an edit in a test is newer than any build's stamp.
     old = time.time() - 100
@@ -68,6 +67,15 @@ def test_build_only_when_an_input_changed(tmp_path):
         assert not _built(tree), edited
 
 
+def test_simulator_sources_are_not_build_inputs(tmp_path):
+    # csrc/simt is the test suite's CUDA simulator (built by `make sim`), not part of the extension.
+    tree = _tree(tmp_path)
+    assert _built(tree)
+    _edit(tree / "csrc" / "simt" / "simt.cpp")
+    (tree / "csrc" / "simt" / "new.cpp").write_text("")
+    assert not _built(tree)
+
+
 def test_build_when_a_source_is_added_or_removed(tmp_path):
     tree = _tree(tmp_path)
     assert _built(tree)
@@ -88,8 +96,7 @@ def test_build_when_a_build_switch_changes(tmp_path):
     assert not _built(tree)
 
 
-@pytest.mark.parametrize("missing", [".venv", ".venv/bin/mdt", "mdt_kernels/_C.abi3.so",
-                                     "mdt_kernels/_C_sim.abi3.so", "build/.built"])
+@pytest.mark.parametrize("missing", [".venv", ".venv/bin/mdt", "mdt_kernels/_C.abi3.so", "build/.built"])
 def test_build_when_an_output_is_missing(tmp_path, missing):
     tree = _tree(tmp_path)
     assert _built(tree)
@@ -104,6 +111,5 @@ def test_clean_removes_the_stamp(tmp_path):
     assert _built(tree)
     subprocess.run(["make", "-C", str(tree), "clean"], capture_output=True, check=True)
     assert not (tree / "build").exists()
-    for so in ("_C.abi3.so", "_C_sim.abi3.so"):
-        (tree / "mdt_kernels" / so).touch()  # even with extensions back in place, the build runs again
+    (tree / "mdt_kernels" / "_C.abi3.so").touch()  # even with the extension back in place, the build runs again
     assert _built(tree)

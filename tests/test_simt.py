@@ -8,7 +8,8 @@ import torch
 
 import mdt_kernels as mk
 
-pytestmark = pytest.mark.skipif(mk._dispatch._SIM_ERROR is not None, reason=str(mk._dispatch._SIM_ERROR))
+_WHY = mk._dispatch.unavailable_reason("cuda_sim", "cpu")
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=str(_WHY))
 
 
 def run(name, x=None):
@@ -72,7 +73,7 @@ def test_failed_device_check_is_a_python_exception():
     run("device_check", torch.ones(8))  # the next launch runs again
 
 
-@pytest.mark.skipif(os.environ.get("SIMT_RACECHECK") == "0" or os.environ.get("MDT_KERNELS_SIM") == "asan",
+@pytest.mark.skipif(os.environ.get("SIMT_RACECHECK") == "0" or os.environ.get("MDT_CUDA_SIM") == "asan",
                     reason="the race check is off (SIMT_RACECHECK=0) or not built in (the ASan build)")
 @pytest.mark.parametrize("name,pattern", [("race", "shared-memory race"), ("warp_race", "shared-memory race")])
 def test_shared_memory_race_is_reported(name, pattern):

@@ -132,6 +132,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // out = LayerNorm_no_affine(x) * (1 + scale[:,None]) + shift[:,None]; x (B,N,D), shift/scale (B,D) any strides.
+  // Also returns the per-row mean and rstd (B,N) in fp32 (fp64 for fp64 x), saved for the backward.
+  m.def("adaln_modulate(Tensor x, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor)");
+  // The same out without mean and rstd, for a forward no backward will follow (sampling; CPU).
+  m.def("adaln_modulate_inference(Tensor x, Tensor shift, Tensor scale, float eps) -> Tensor");
+  // -> (dx, dshift, dscale)
+  m.def("adaln_modulate_backward(Tensor grad, Tensor x, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor)");
+  // out = x + gate[:,None] * y
+  m.def("gated_residual(Tensor x, Tensor gate, Tensor y) -> Tensor");
+  // -> (dgate, dy); dx is grad itself
+  m.def("gated_residual_backward(Tensor grad, Tensor gate, Tensor y) -> (Tensor, Tensor)");
+  // -> (h, out, mean, rstd): h = x + gate[:,None] * y, out = adaln_modulate(h, shift, scale, eps)
+  m.def("residual_adaln_modulate(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  // -> (h, out) without mean and rstd, for a forward no backward will follow (sampling; CPU).
+  m.def("residual_adaln_modulate_inference(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale, float eps) -> (Tensor, Tensor)");
+  // -> (dx, dgate, dy, dshift, dscale); grad_h may be None (h unused)
+  m.def("residual_adaln_modulate_backward(Tensor? grad_h, Tensor grad_out, Tensor h, Tensor y, Tensor gate, Tensor scale, Tensor mean, Tensor rstd) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("adaln_modulate", &adaln_modulate_cpu);
   m.impl("adaln_modulate_inference", &adaln_modulate_inference_cpu);

@@ -36,7 +36,7 @@ void adan_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    at::TensorList exp_avg_diff, at::TensorList neg_pre_grad, const at::Tensor& clip_coef, double lr,
                    double beta1, double beta2, double beta3, double bias_correction1, double bias_correction2,
                    double bias_correction3_sqrt, double eps, double weight_decay, bool no_prox, bool first) {
-  check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, c10::kCPU);
+  check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef);
   if (params.empty()) return;
   const auto p_type = params[0].scalar_type(), s_type = exp_avg[0].scalar_type();
 
@@ -100,6 +100,21 @@ at::Tensor multi_tensor_l2_norm_cpu(at::TensorList tensors) {
 }
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // One fused Adan step over many parameters, in place: g = clip_coef * grad, first: d = 0 (else
+  // d = g + neg_pre_grad), then m, n, v, params and neg_pre_grad = -g (see mdt_kernels/ops/adan.py).
+  // Lists are index-aligned; params/grads share a dtype, the four states share float32 or that dtype.
+  // A non-finite clip_coef (one-element float32 tensor on the params' device) leaves everything as is.
+  m.def(
+      "adan_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, "
+      "Tensor(d!)[] exp_avg_diff, Tensor(e!)[] neg_pre_grad, Tensor clip_coef, float lr, float beta1, float beta2, "
+      "float beta3, float bias_correction1, float bias_correction2, float bias_correction3_sqrt, float eps, "
+      "float weight_decay, bool no_prox, bool first) -> ()");
+  // sqrt(sum over all tensors of sum(x^2)) as a 0-d float32 tensor (Adan's global gradient norm). CPU
+  // only: on CUDA, torch._foreach_norm is already one multi-tensor kernel.
+  m.def("multi_tensor_l2_norm(Tensor[] tensors) -> Tensor");
+}
 
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("adan_step_", &adan_step_cpu);

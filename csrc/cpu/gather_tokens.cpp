@@ -82,6 +82,13 @@ at::Tensor gather_tokens_backward_cpu(const at::Tensor& grad_in, const at::Tenso
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // out[b,k] = x[b, ids[b,k]]
+  m.def("gather_tokens(Tensor x, Tensor ids) -> Tensor");
+  // dx[b,n] = sum_{k: ids[b,k]==n} grad[b,k]
+  m.def("gather_tokens_backward(Tensor grad, Tensor ids, SymInt num_tokens) -> Tensor");
+}
+
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("gather_tokens", &gather_tokens_cpu);
   m.impl("gather_tokens_backward", &gather_tokens_backward_cpu);

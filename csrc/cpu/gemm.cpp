@@ -244,6 +244,14 @@ void set_cpu_gemm_engine(std::string name) { mdt::gemm::set_setting(name); }
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // The GEMM engine of the CPU kernels that multiply by a weight (gemm.h): the engine that runs a dtype
+  // ("mdt", "onednn" or "aten"), the setting in force and its setter ("auto", "mdt", "onednn" or "aten").
+  m.def("cpu_gemm_engine(ScalarType dtype) -> str");
+  m.def("cpu_gemm_setting() -> str");
+  m.def("set_cpu_gemm_engine(str name) -> ()");
+}
+
 // No tensor arguments: one kernel for every dispatch key.
 TORCH_LIBRARY_IMPL(mdt_kernels, CompositeExplicitAutograd, m) {
   m.impl("cpu_gemm_engine", &cpu_gemm_engine);

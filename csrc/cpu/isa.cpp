@@ -167,6 +167,14 @@ void set_cpu_capability(std::string name) { mdt::isa::set_capability(name); }
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // The instruction set of the vectorised CPU kernels (isa.h): the one in use ("default", "avx2" or
+  // "avx512" on x86-64, "default" or "sve256" on aarch64), every one this build and CPU run, and its setter.
+  m.def("cpu_capability() -> str");
+  m.def("cpu_capabilities() -> str[]");
+  m.def("set_cpu_capability(str name) -> ()");
+}
+
 // No tensor arguments: one kernel for every dispatch key.
 TORCH_LIBRARY_IMPL(mdt_kernels, CompositeExplicitAutograd, m) {
   m.impl("cpu_capability", &cpu_capability);

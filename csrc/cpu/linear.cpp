@@ -27,6 +27,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // y = x W^T + b for x (..., Din), W (Dout, Din), b (Dout) or none: nn.Linear, on the CPU GEMM engine.
+  m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // -> (dx, dweight, dbias), dbias of shape (0,) when has_bias is false
+  m.def("linear_backward(Tensor grad, Tensor x, Tensor weight, bool has_bias) -> (Tensor, Tensor, Tensor)");
+}
+
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("linear", &linear_cpu);
   m.impl("linear_backward", &linear_backward_cpu);

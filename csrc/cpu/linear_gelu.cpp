@@ -81,6 +81,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_gelu_backward_cpu(const at
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // y = GELU_tanh(x W^T + b) for x (..., Din), W (Dout, Din), b (Dout); also returns h = x W^T as
+  // (rows of x, Dout), saved for the backward.
+  m.def("linear_gelu(Tensor x, Tensor weight, Tensor bias) -> (Tensor, Tensor)");
+  // The same y without h, for a forward no backward will follow (sampling under no_grad; CPU).
+  m.def("linear_gelu_inference(Tensor x, Tensor weight, Tensor bias) -> Tensor");
+  // -> (dx, dweight, dbias)
+  m.def("linear_gelu_backward(Tensor grad, Tensor x, Tensor weight, Tensor bias, Tensor h) -> (Tensor, Tensor, Tensor)");
+}
+
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("linear_gelu", &linear_gelu_cpu);
   m.impl("linear_gelu_inference", &linear_gelu_inference_cpu);

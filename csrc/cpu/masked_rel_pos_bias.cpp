@@ -88,6 +88,13 @@ at::Tensor masked_rel_pos_bias_backward_cpu(const at::Tensor& grad_in, const at:
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // out[b,h,i,j] = table[idx(ids[b,i], ids[b,j]), h] on a grid_size x grid_size token grid
+  m.def("masked_rel_pos_bias(Tensor table, int grid_size, Tensor ids_keep) -> Tensor");
+  // d_table (num_rel, H), accumulated deterministically on CPU
+  m.def("masked_rel_pos_bias_backward(Tensor grad, Tensor ids_keep, int grid_size, SymInt num_rel) -> Tensor");
+}
+
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("masked_rel_pos_bias", &masked_rel_pos_bias_cpu);
   m.impl("masked_rel_pos_bias_backward", &masked_rel_pos_bias_backward_cpu);

@@ -210,6 +210,17 @@ std::tuple<at::Tensor, at::Tensor> rel_pos_attention_backward_cpu(const at::Tens
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // Attention with that bias on the packed projection qkv (B,K,3,H,Dh) of the kept tokens:
+  // out (B,K,H,Dh) = softmax(q k^T * scale + bias) v per (b,h); also returns each softmax row's max and
+  // reciprocal sum, stats (B,H,K,2), fp32 (fp64 for fp64 qkv), from which the backward recomputes P.
+  m.def("rel_pos_attention(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> (Tensor, Tensor)");
+  // The same out without stats, for a forward no backward will follow (sampling under no_grad; CPU).
+  m.def("rel_pos_attention_inference(Tensor qkv, Tensor table, int grid_size, Tensor ids_keep, float scale) -> Tensor");
+  // -> (d_qkv (B,K,3,H,Dh) in qkv's dtype, d_table (R, H) in stats' dtype)
+  m.def("rel_pos_attention_backward(Tensor grad_out, Tensor qkv, Tensor table, Tensor stats, Tensor ids_keep, int grid_size, float scale) -> (Tensor, Tensor)");
+}
+
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("rel_pos_attention", &rel_pos_attention_cpu);
   m.impl("rel_pos_attention_inference", &rel_pos_attention_inference_cpu);

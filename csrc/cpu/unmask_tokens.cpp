@@ -126,6 +126,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> unmask_tokens_backward_cpu(const 
 
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(mdt_kernels, m) {
+  // out[b,n] = (n kept at k ? x_kept[b,k] : mask_token) + pos_embed[n]
+  m.def("unmask_tokens(Tensor x_kept, Tensor ids_keep, Tensor mask_token, SymInt num_tokens, Tensor? pos_embed) -> Tensor");
+  // -> (d_x_kept (B,K,D), d_mask_token (D,), d_pos_embed (N,D), or (0,D) when has_pos is false)
+  m.def("unmask_tokens_backward(Tensor grad, Tensor ids_keep, bool has_pos) -> (Tensor, Tensor, Tensor)");
+}
+
 TORCH_LIBRARY_IMPL(mdt_kernels, CPU, m) {
   m.impl("unmask_tokens", &unmask_tokens_cpu);
   m.impl("unmask_tokens_backward", &unmask_tokens_backward_cpu);

@@ -10,12 +10,6 @@
 namespace mdt {
 namespace {
 
-#if defined(MDT_SIMT)
-constexpr c10::DeviceType kKernelDevice = c10::kCPU;  // on the host execution layer csrc/simt (cuda_sim)
-#else
-constexpr c10::DeviceType kKernelDevice = c10::kCUDA;
-#endif
-
 // Params and grads in P, the four states in S.
 template <typename P, typename S>
 void adan_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avg, at::TensorList exp_avg_sq,
@@ -39,7 +33,7 @@ void adan_step_cuda_op(at::TensorList params, at::TensorList grads, at::TensorLi
                        double lr, double beta1, double beta2, double beta3, double bias_correction1,
                        double bias_correction2, double bias_correction3_sqrt, double eps, double weight_decay,
                        bool no_prox, bool first) {
-  check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, kKernelDevice);
+  check_adan_step(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef);
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const AdanHyper hyper{beta1,

@@ -19,8 +19,9 @@ namespace mdt {
 // invalid index found by a kernel fails the launch with a device-side assertion, as PyTorch's own
 // indexing kernels do, and the kernel never touches memory out of bounds. (The Python wrappers check
 // values on the host when MDT_KERNELS_CHECK_IDS=1.) With NDEBUG the kernel traps instead.
-#if defined(MDT_SIMT)  // the host execution layer (csrc/simt): the launch fails, a Python exception follows
-#define MDT_DEVICE_FAIL(cond) ::simt::device_fail(#cond, SIMT_SITE)
+// A host build of these files defines MDT_DEVICE_FAIL, MDT_LAUNCH and MDT_DYNAMIC_SHARED in its
+// <cuda_runtime.h>, included above; nvcc takes the definitions here.
+#if defined(MDT_DEVICE_FAIL)
 #elif defined(NDEBUG)
 #define MDT_DEVICE_FAIL(cond) \
   do {                        \
@@ -94,22 +95,15 @@ struct Ptrs3 {
   T* p[3];
 };
 
-#if defined(__CUDACC__) || defined(MDT_SIMT)  // device code and launches: kernel files only (bindings include this with a host compiler)
+// Device code and launches: under nvcc, or in a host build that defines its launch (the bindings include
+// this file with a plain host compiler and see none of it).
+#if defined(__CUDACC__) || defined(MDT_LAUNCH)
 
 // The one launch point of every kernel: MDT_LAUNCH(grid, block, smem, stream, kernel)(args...) is
-// kernel<<<grid, block, smem, stream>>>(args...) under nvcc, and a launch on the host execution layer
-// (csrc/simt, the cuda_sim test backend) otherwise. `kernel` may hold commas (template arguments).
-#if defined(MDT_SIMT)
-#define MDT_LAUNCH(grid, block, smem, stream, ...) \
-  ::simt::make_launcher(&__VA_ARGS__, dim3(grid), dim3(block), (smem), (stream), #__VA_ARGS__)
-#else
+// kernel<<<grid, block, smem, stream>>>(args...). `kernel` may hold commas (template arguments).
+#if !defined(MDT_LAUNCH)
 #define MDT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
-#endif
-
-// The dynamic shared memory of a kernel (extern __shared__ under nvcc), 16-byte aligned.
-#if defined(MDT_SIMT)
-#define MDT_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::simt::dynamic_smem())
-#else
+// The dynamic shared memory of a kernel, 16-byte aligned.
 #define MDT_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
 #endif
 
@@ -170,6 +164,6 @@ cudaError_t launch_sum_chunks(const A* partial, Ptrs3<T> outs, int64_t P, int64_
   return cudaGetLastError();
 }
 
-#endif  // __CUDACC__
+#endif  // __CUDACC__ || MDT_LAUNCH
 
 }  // namespace mdt

@@ -1,5 +1,6 @@
-// Input checks shared by the CPU and CUDA bindings. The Python wrappers check first, with the same
-// wording; these keep a direct torch.ops.mdt_kernels.* call (or a compiled graph) from crashing.
+// Input checks shared by the CPU and CUDA bindings: what reading the tensors safely needs (ranks, sizes,
+// dtypes, devices, id bounds). The Python check of each op (mdt_kernels/ops/<op>.py) gives the user's errors
+// first; these keep a direct torch.ops.mdt_kernels.* call (or a compiled graph) from reading out of bounds.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>

@@ -1,16 +1,14 @@
-// Helpers for the torch side of CUDA kernels (csrc/cuda/<op>.cpp), compiled with a CUDA torch, and (with
-// MDT_SIMT) for CPU tensors on the host execution layer csrc/simt: the cuda_sim test backend, whose ops are
-// the same bindings registered as mdt_kernels_sim::* for CPU tensors.
+// Helpers for the torch side of CUDA kernels (csrc/cuda/<op>.cpp), compiled with a CUDA torch.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <torch/library.h>
-#if defined(MDT_SIMT)
-#include "../simt/torch_shim.h"
-#define MDT_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(mdt_kernels_sim, CPU, m)
-#else
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+// Where the bindings register their kernels. A host build of the CUDA sources may define it first (-D)
+// to register them elsewhere.
+#ifndef MDT_CUDA_IMPL
 #define MDT_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(mdt_kernels, CUDA, m)
 #endif
 

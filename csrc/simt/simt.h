@@ -1,6 +1,6 @@
 // simt: the part of the CUDA programming model that csrc/cuda/*_kernels.cu use, executed on the host so
-// that the unmodified kernel sources compile with g++ and run on CPU tensors (the test-only backend
-// cuda_sim; see csrc/simt/README.md). One launch runs its blocks one after the other; a block runs on the
+// that the unmodified kernel sources compile with g++ and run on CPU tensors (the test suite's cuda_sim
+// backend; see csrc/simt/README.md). One launch runs its blocks one after the other; a block runs on the
 // calling OS thread with one fiber per CUDA thread, switched only at __syncthreads and warp intrinsics,
 // which are real barriers: a barrier that only some threads reach, a warp intrinsic whose mask names a
 // lane that does not take part, or a shuffle that reads a lane outside its mask fails the launch (on a GPU
@@ -162,6 +162,13 @@ constexpr int warpSize = 32;
 #define __any_sync(mask, p) static_cast<int>(::simt::warp_collective(SIMT_SITE, 5, mask, (p) ? 1u : 0u, 0, 32))
 #define __all_sync(mask, p) static_cast<int>(::simt::warp_collective(SIMT_SITE, 6, mask, (p) ? 1u : 0u, 0, 32))
 #define __trap() ::simt::device_trap(SIMT_SITE, "__trap()")
+
+// The hooks of csrc/cuda/common.cuh: a launch on this layer, a kernel's dynamic shared memory, a failed device
+// check (the launch fails, the binding raises).
+#define MDT_LAUNCH(grid, block, smem, stream, ...) \
+  ::simt::make_launcher(&__VA_ARGS__, dim3(grid), dim3(block), (smem), (stream), #__VA_ARGS__)
+#define MDT_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::simt::dynamic_smem())
+#define MDT_DEVICE_FAIL(cond) ::simt::device_fail(#cond, SIMT_SITE)
 
 // ---------------------------------------------------------------------------------------------------
 // 16-bit floating point with CUDA's conversions (round to nearest even; NaN stays NaN)

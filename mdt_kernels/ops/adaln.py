@@ -26,12 +26,15 @@ Triton twin ``mdt_kernels::<op>_triton`` (one Triton kernel family, the steps pi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from .. import _checks, _dispatch
+from .._registry import Example, Op, Sizes, declare, example_rows
 from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
-from ._register import expect, expect_float, register_inference, register_op, sim_twin
+from ._register import register_inference, register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -321,27 +324,45 @@ def residual_adaln_modulate_backward_triton(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: fake kernels (checking what the C++ ops check) and autograd, shared by each C++ op and
-# its Triton twin
+# Checks and registration: fake kernels and autograd, shared by each C++ op and its Triton twin
 
 
-def _expect_family(x, tokens=(), mods=(), stats=(), x_name="x"):
-    """In a fake kernel: x is (B, N, D) float, tokens are (name, tensor) pairs (B, N, D) of x's dtype
-    (None: absent), mods (B, D) of x's dtype, stats (B, N) of the accumulation dtype."""
-    expect(x_name, x, (None, None, None), "(B, N, D)")
-    expect_float(x_name, x)
+def check(x, gate=None, y=None, shift=None, scale=None, *, x_name="x") -> None:
+    """x (B, N, D) float; gate, shift, scale (B, D), any strides; y (B, N, D) like x; one dtype and device.
+    The absent tensors (None) are not checked. The public functions' arguments and the fake kernels'."""
+    _checks.check_tensor(x_name, x, 3, "(B, N, D)")
+    _checks.check_float(x_name, x)
     B, N, D = x.shape
-    for name, t in tokens:
-        if t is not None:
-            expect(name, t, (B, N, D), "(B, N, D) like x", x.dtype)
-    for name, t in mods:
-        expect(name, t, (B, D), "(B, D)", x.dtype)
-    for name, t in stats:
-        expect(name, t, (B, N), "(B, N)", acc_dtype(x.dtype))
+    named = {n: t for n, t in (("gate", gate), ("y", y), ("shift", shift), ("scale", scale)) if t is not None}
+    for name, t in named.items():
+        if name == "y":
+            _checks.check_tensor(name, t, 3, "(B, N, D)")
+            _checks.check_shape(name, t, (B, N, D), f"(B, N, D) like {x_name}")
+        else:
+            _checks.check_tensor(name, t, 2, "(B, D)")
+            _checks.check_shape(name, t, (B, D), "(B, D)")
+    _checks.check_same("device", **{x_name: x}, **named)
+    _checks.check_same("dtype", **{x_name: x}, **named)
 
 
-def _expect_eps(eps):
-    torch._check_value(eps >= 0, lambda: f"eps must be >= 0, got {eps}")
+def check_eps(eps) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+
+
+def _check_backward(x, grads=(), gate=None, y=None, scale=None, stats=(), x_name="x") -> None:
+    """A backward's inputs: check's, plus gradients (name, tensor or None) shaped like x and the (B, N) row
+    statistics (name, tensor) in the accumulation dtype."""
+    check(x, gate, y, None, scale, x_name=x_name)
+    for name, g in grads:
+        if g is not None:
+            _checks.check_shape(name, g, tuple(x.shape), f"(B, N, D) like {x_name}")
+            _checks.check_dtype(name, g, x.dtype)
+    for name, s in stats:
+        _checks.check_shape(name, s, tuple(x.shape[:2]), "(B, N)")
+        _checks.check_dtype(name, s, acc_dtype(x.dtype))
 
 
 def _stats(x):
@@ -350,13 +371,13 @@ def _stats(x):
 
 
 def _fake_adaln_forward(x, shift, scale, eps):
-    _expect_family(x, mods=[("shift", shift), ("scale", scale)])
-    _expect_eps(eps)
+    check(x, shift=shift, scale=scale)
+    check_eps(eps)
     return x.new_empty(x.shape), *_stats(x)
 
 
 def _fake_adaln_backward(grad, x, scale, mean, rstd):
-    _expect_family(x, tokens=[("grad", grad)], mods=[("scale", scale)], stats=[("mean", mean), ("rstd", rstd)])
+    _check_backward(x, [("grad", grad)], scale=scale, stats=[("mean", mean), ("rstd", rstd)])
     B, _, D = x.shape
     return x.new_empty(x.shape), x.new_empty((B, D)), x.new_empty((B, D))
 
@@ -377,12 +398,12 @@ def _backward_adaln(backward_op, ctx, grad, _grad_mean, _grad_rstd):
 
 
 def _fake_gated_forward(x, gate, y):
-    _expect_family(x, tokens=[("y", y)], mods=[("gate", gate)])
+    check(x, gate, y)
     return x.new_empty(x.shape)
 
 
 def _fake_gated_backward(grad, gate, y):
-    _expect_family(y, tokens=[("grad", grad)], mods=[("gate", gate)], x_name="y")
+    _check_backward(y, [("grad", grad)], gate=gate, x_name="y")
     return y.new_empty((y.shape[0], y.shape[2])), y.new_empty(y.shape)
 
 
@@ -399,14 +420,14 @@ def _backward_gated(backward_op, ctx, grad):
 
 
 def _fake_residual_forward(x, gate, y, shift, scale, eps):
-    _expect_family(x, tokens=[("y", y)], mods=[("gate", gate), ("shift", shift), ("scale", scale)])
-    _expect_eps(eps)
+    check(x, gate, y, shift, scale)
+    check_eps(eps)
     return x.new_empty(x.shape), x.new_empty(x.shape), *_stats(x)
 
 
 def _fake_residual_backward(grad_h, grad_out, h, y, gate, scale, mean, rstd):
-    _expect_family(h, tokens=[("grad_h", grad_h), ("grad_out", grad_out), ("y", y)],
-                   mods=[("gate", gate), ("scale", scale)], stats=[("mean", mean), ("rstd", rstd)], x_name="h")
+    _check_backward(h, [("grad_h", grad_h), ("grad_out", grad_out)], gate=gate, y=y, scale=scale,
+                    stats=[("mean", mean), ("rstd", rstd)], x_name="h")
     B, _, D = h.shape
     return h.new_empty(h.shape), h.new_empty((B, D)), h.new_empty(h.shape), h.new_empty((B, D)), h.new_empty((B, D))
 
@@ -437,67 +458,26 @@ register_op("residual_adaln_modulate", fake_forward=_fake_residual_forward, fake
             setup_context=_setup_residual, backward=_backward_residual)
 
 
-def _compiled_adaln(x, shift, scale, eps, ops=torch.ops.mdt_kernels):
+def _compiled_adaln(ops, x, shift, scale, eps):
     return ops.adaln_modulate(x, shift, scale, eps)[0]
 
 
-def _compiled_gated(x, gate, y, ops=torch.ops.mdt_kernels):
+def _compiled_gated(ops, x, gate, y):
     return ops.gated_residual(x, gate, y)
 
 
-def _compiled_residual(x, gate, y, shift, scale, eps, ops=torch.ops.mdt_kernels):
+def _compiled_residual(ops, x, gate, y, shift, scale, eps):
     h, out, _, _ = ops.residual_adaln_modulate(x, gate, y, shift, scale, eps)
     return h, out
 
 
-def _impls(reference, compiled, triton, cpu=None):
-    # cuda_sim: the test-only backend, the cuda bindings on csrc/simt
-    return {"reference": reference, "cpu": cpu or compiled, "cuda": compiled, "triton": triton,
-            "cuda_sim": sim_twin(compiled)}
-
-
 # Under no_grad / inference_mode the CPU backend runs the inference forms, which keep no mean and rstd
 # (gated_residual keeps nothing for its backward: it has one form).
-IMPLS = {
-    "adaln_modulate": _impls(adaln_modulate_ref, _compiled_adaln, lambda *a: adaln_modulate_triton(*a)[0],
-                             register_inference("adaln_modulate", lambda *a: _fake_adaln_forward(*a)[0],
-                                                _compiled_adaln)),
-    "gated_residual": _impls(gated_residual_ref, _compiled_gated, gated_residual_triton),
-    "residual_adaln_modulate": _impls(residual_adaln_modulate_ref, _compiled_residual,
-                                      lambda *a: tuple(residual_adaln_modulate_triton(*a)[:2]),
-                                      register_inference("residual_adaln_modulate",
-                                                         lambda *a: tuple(_fake_residual_forward(*a)[:2]),
-                                                         _compiled_residual)),
-}
+_adaln_inference = register_inference("adaln_modulate", lambda *a: _fake_adaln_forward(*a)[0])
+_residual_inference = register_inference("residual_adaln_modulate", lambda *a: tuple(_fake_residual_forward(*a)[:2]))
 
 # ---------------------------------------------------------------------------------------------------
-# Input checks and the public functions
-
-
-def check_eps(eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    return float(eps)
-
-
-def _check_inputs(x, gate=None, y=None, shift=None, scale=None) -> None:
-    """x (B, N, D) float; gate, shift, scale (B, D), any strides; y (B, N, D) like x; one dtype and device.
-    The absent tensors (None) are not checked."""
-    _checks.check_tensor("x", x, 3, "(B, N, D)")
-    _checks.check_float("x", x)
-    for name, t in (("gate", gate), ("y", y), ("shift", shift), ("scale", scale)):
-        if t is None:
-            continue
-        if name == "y":
-            _checks.check_tensor(name, t, 3, "(B, N, D)")
-            _checks.check_shape(name, t, tuple(x.shape), "(B, N, D) like x")
-        else:
-            _checks.check_tensor(name, t, 2, "(B, D)")
-            _checks.check_shape(name, t, (x.shape[0], x.shape[2]), "(B, D)")
-    _checks.check_same("device", x=x, gate=gate, y=y, shift=shift, scale=scale)
-    _checks.check_same("dtype", x=x, gate=gate, y=y, shift=shift, scale=scale)
+# The public functions
 
 
 def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -512,9 +492,10 @@ def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, ep
         (B, N, D) tensor of x's dtype, ``layer_norm(x) * (1 + scale[:, None]) + shift[:, None]``, with the
         statistics computed in fp32 (fp64 for fp64). Differentiable in x, shift and scale.
     """
-    _check_inputs(x, shift=shift, scale=scale)
-    eps = check_eps(eps)
-    return IMPLS["adaln_modulate"][_dispatch.resolve("adaln_modulate", x.device)](x, shift, scale, eps)
+    check(x, shift=shift, scale=scale)
+    check_eps(eps)
+    _, run = _dispatch.implementation("adaln_modulate", x.device, x, shift, scale)
+    return run(x, shift, scale, float(eps))
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -528,8 +509,9 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
         (B, N, D) tensor of x's dtype, computed in fp32 (fp64 for fp64) and rounded once.
         Differentiable in x, gate and y.
     """
-    _check_inputs(x, gate, y)
-    return IMPLS["gated_residual"][_dispatch.resolve("gated_residual", x.device)](x, gate, y)
+    check(x, gate, y)
+    _, run = _dispatch.implementation("gated_residual", x.device, x, gate, y)
+    return run(x, gate, y)
 
 
 def residual_adaln_modulate(
@@ -550,7 +532,34 @@ def residual_adaln_modulate(
         out = layer_norm(h) * (1 + scale[:, None]) + shift[:, None], both (B, N, D) of x's dtype, computed
         in fp32 (fp64 for fp64). Differentiable in every tensor input, through h and out.
     """
-    _check_inputs(x, gate, y, shift, scale)
-    eps = check_eps(eps)
-    return IMPLS["residual_adaln_modulate"][_dispatch.resolve("residual_adaln_modulate", x.device)](
-        x, gate, y, shift, scale, eps)
+    check(x, gate, y, shift, scale)
+    check_eps(eps)
+    _, run = _dispatch.implementation("residual_adaln_modulate", x.device, x, gate, y, shift, scale)
+    return run(x, gate, y, shift, scale, float(eps))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declarations: the three ops, their implementations and example calls (gate, shift, scale as chunk views)
+
+
+def _examples(s: Sizes, dtype, mods: int, takes_y: bool) -> list[Example]:
+    x, y = torch.randn(s.B, s.N, s.D).to(dtype), torch.randn(s.B, s.N, s.D).to(dtype)
+    rows = example_rows(s.B, s.D, mods, dtype)
+    args = (x, rows[0], y, *rows[1:]) if takes_y else (x, *rows)
+    return [Example(args, grad=tuple(range(len(args))))]
+
+
+def _declare(name, function, reference, compiled, triton, inference=None, mods=2, takes_y=False):
+    ops = torch.ops.mdt_kernels
+    declare(Op(name, function, compiled=compiled, inference=inference,
+               examples=functools.partial(_examples, mods=mods, takes_y=takes_y),
+               impls={"reference": reference, "cpu": functools.partial(compiled, ops),
+                      "cuda": functools.partial(compiled, ops), "triton": triton}))
+
+
+_declare("adaln_modulate", adaln_modulate, adaln_modulate_ref, _compiled_adaln,
+         lambda *a: adaln_modulate_triton(*a)[0], _adaln_inference)
+_declare("gated_residual", gated_residual, gated_residual_ref, _compiled_gated, gated_residual_triton, mods=1,
+         takes_y=True)
+_declare("residual_adaln_modulate", residual_adaln_modulate, residual_adaln_modulate_ref, _compiled_residual,
+         lambda *a: tuple(residual_adaln_modulate_triton(*a)[:2]), _residual_inference, mods=3, takes_y=True)

@@ -21,14 +21,16 @@ device without a host sync.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 
 import torch
 
-from .. import _dispatch
+from .. import _checks, _dispatch
+from .._registry import Example, Op, Sizes, declare
 from .._triton import jit, tl
-from ._register import compiled_namespaces, expect, expect_float, sim_twin
+from ._register import register_fake
 
 STATE_NAMES = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
 _MUTATED = ("params", "exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
@@ -208,56 +210,68 @@ def adan_step_triton(params: list[torch.Tensor], grads: list[torch.Tensor], exp_
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: the ops only mutate their inputs, so the fake (meta) kernels only check them, as the
-# kernels do (csrc/include/ops/adan.h).
+# Checks and registration: the ops only mutate their inputs, so the fake (meta) kernels only check them.
+
+
+def check_tensors(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef=None) -> None:
+    """Per parameter i: params[i] a floating-point tensor, grads[i] of its dtype, shape and device (not
+    sparse), its four states of one dtype (float32 or the parameter's), its shape and device. With clip_coef
+    (a registered op's call, which takes one dtype group): each list of one dtype and clip_coef a one-element
+    float32 tensor. The public function's arguments and the fake kernel's."""
+    states = (exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad)
+    n = len(params)
+    for name, lst in zip(("grads",) + STATE_NAMES, (grads,) + states, strict=True):
+        if len(lst) != n:
+            raise ValueError(f"{name} has {len(lst)} tensors but params has {n}")
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor) or not p.dtype.is_floating_point:
+            raise TypeError(f"params[{i}] must be a floating-point tensor, got {getattr(p, 'dtype', type(p))}")
+        g = grads[i]
+        if g.is_sparse:
+            raise RuntimeError(f"grads[{i}] is sparse; Adan does not support sparse gradients")
+        if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
+            raise ValueError(f"grads[{i}] is {g.dtype} {tuple(g.shape)} on {g.device}; params[{i}] is "
+                             f"{p.dtype} {tuple(p.shape)} on {p.device}")
+        s0 = states[0][i]
+        for name, lst in zip(STATE_NAMES, states, strict=True):
+            s = lst[i]
+            if s.dtype != s0.dtype or s.shape != p.shape or s.device != p.device:
+                raise ValueError(f"{name}[{i}] is {s.dtype} {tuple(s.shape)} on {s.device}; params[{i}] is "
+                                 f"{tuple(p.shape)} on {p.device} and exp_avg[{i}] is {s0.dtype}")
+        if s0.dtype not in (torch.float32, p.dtype):
+            raise TypeError(f"state of params[{i}] is {s0.dtype}; it must be float32 or the parameter's {p.dtype}")
+    if clip_coef is None:
+        return
+    for name, lst in zip(("params",) + STATE_NAMES, (params,) + states, strict=True):
+        for i, t in enumerate(lst):
+            if t.dtype != lst[0].dtype:
+                raise TypeError(f"{name}[{i}] is {t.dtype} but {name}[0] is {lst[0].dtype}; one call takes one dtype "
+                                "per list")
+    if clip_coef.numel() != 1 or clip_coef.dtype != torch.float32:
+        raise ValueError(f"clip_coef must be a one-element float32 tensor, got {clip_coef.dtype} of shape "
+                         f"{tuple(clip_coef.shape)}")
 
 
 def _fake(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef, *scalars) -> None:
-    for i, p in enumerate(params):
-        expect_float(f"params[{i}]", p)
-    states = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "exp_avg_diff": exp_avg_diff,
-              "neg_pre_grad": neg_pre_grad}
-    for name, tensors in {"params": params, "grads": grads, **states}.items():
-        n = len(tensors)
-        torch._check_value(n == len(params), lambda name=name, n=n: f"{name} has {n} tensors but params has "
-                                                                    f"{len(params)}")
-        for i, (t, p) in enumerate(zip(tensors, params)):
-            expect(f"{name}[{i}]", t, tuple(p.shape), f"{tuple(p.shape)} of params[{i}]", tensors[0].dtype)
-    torch._check_value(clip_coef.numel() == 1 and clip_coef.dtype == torch.float32,
-                       lambda: f"clip_coef must be a one-element float32 tensor, got {clip_coef.dtype} of shape "
-                               f"{tuple(clip_coef.shape)}")
-    if params:
-        p_type, s_type = params[0].dtype, exp_avg[0].dtype
-        torch._check_type(grads[0].dtype == p_type, lambda: f"grads are {grads[0].dtype} but params are {p_type}")
-        for dtype in (t[0].dtype for t in states.values()):
-            torch._check_type(dtype == s_type, lambda dtype=dtype: f"all four states must share one dtype, got "
-                                                                   f"{s_type} and {dtype}")
-        torch._check_type(s_type in (torch.float32, p_type),
-                          lambda: f"states must be float32 or the params' dtype ({p_type}), got {s_type}")
-    return None
+    check_tensors(params, grads, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, clip_coef)
 
 
 torch.library.register_fake("mdt_kernels::adan_step_triton", _fake)
-for _ns in compiled_namespaces():
-    torch.library.register_fake(f"{_ns}::adan_step_", _fake)
+register_fake("adan_step_", _fake)
 
 
 def _fake_norm(tensors):
     for i, t in enumerate(tensors):
-        expect_float(f"tensors[{i}]", t)
+        _checks.check_float(f"tensors[{i}]", t)
     return torch.empty((), dtype=torch.float32, device=tensors[0].device if tensors else "cpu")
 
 
-if _dispatch._EXT_ERROR is None:
-    torch.library.register_fake("mdt_kernels::multi_tensor_l2_norm", _fake_norm)
+register_fake("multi_tensor_l2_norm", _fake_norm)
 
 
-def _compiled(*args, ops=torch.ops.mdt_kernels) -> None:
+def _compiled(ops, *args) -> None:
     ops.adan_step_(*args)
 
-
-IMPLS = {"reference": adan_step_ref, "cpu": _compiled, "cuda": _compiled, "triton": adan_step_triton}
-IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function
@@ -297,30 +311,6 @@ def _same_order(t: torch.Tensor, p: torch.Tensor) -> bool:
     return all(st == sp for st, sp, n in zip(t.stride(), p.stride(), p.shape, strict=True) if n != 1)
 
 
-def _check(params, grads, states) -> None:
-    n = len(params)
-    for name, lst in zip(("grads",) + STATE_NAMES, (grads,) + states, strict=True):
-        if len(lst) != n:
-            raise ValueError(f"{name} has {len(lst)} tensors but params has {n}")
-    for i, p in enumerate(params):
-        if not isinstance(p, torch.Tensor) or not p.dtype.is_floating_point:
-            raise TypeError(f"params[{i}] must be a floating-point tensor, got {getattr(p, 'dtype', type(p))}")
-        g = grads[i]
-        if g.is_sparse:
-            raise RuntimeError(f"grads[{i}] is sparse; Adan does not support sparse gradients")
-        if g.dtype != p.dtype or g.shape != p.shape or g.device != p.device:
-            raise ValueError(f"grads[{i}] is {g.dtype} {tuple(g.shape)} on {g.device}; params[{i}] is "
-                             f"{p.dtype} {tuple(p.shape)} on {p.device}")
-        s0 = states[0][i]
-        for name, lst in zip(STATE_NAMES, states, strict=True):
-            s = lst[i]
-            if s.dtype != s0.dtype or s.shape != p.shape or s.device != p.device:
-                raise ValueError(f"{name}[{i}] is {s.dtype} {tuple(s.shape)} on {s.device}; params[{i}] is "
-                                 f"{tuple(p.shape)} on {p.device} and exp_avg[{i}] is {s0.dtype}")
-        if s0.dtype not in (torch.float32, p.dtype):
-            raise TypeError(f"state of params[{i}] is {s0.dtype}; it must be float32 or the parameter's {p.dtype}")
-
-
 def adan_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
               exp_avg_sq: list[torch.Tensor], exp_avg_diff: list[torch.Tensor], neg_pre_grad: list[torch.Tensor], *,
               lr: float, step: int, betas: tuple[float, float, float] = (0.98, 0.92, 0.99), eps: float = 1e-8,
@@ -347,7 +337,7 @@ def adan_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: li
     """
     states = (exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad)
     if check:
-        _check(params, grads, states)
+        check_tensors(params, grads, *states)
     with torch.no_grad():  # an optimizer step: parameters are leaves that require grad
         _run(params, grads, states, lr, step, betas, eps, weight_decay, no_prox, clip_coef, first, backend)
 
@@ -391,3 +381,34 @@ def _run(params, grads, states, lr, step, betas, eps, weight_decay, no_prox, cli
         IMPLS[name](*lists, coef, *scalars)
         for orig, work in write_back:
             orig.copy_(work)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declaration: the op as the dispatcher, the generic tests and the Triton AOT sweep see it (mdt_kernels._registry)
+
+
+def _examples(s: Sizes, dtype) -> list[Example]:
+    """One 1000-element parameter of ``dtype`` with float32 state, and with state of its own dtype (16-bit);
+    first and later steps, both weight-decay forms; first steps of the proximal form also on a misaligned
+    view (the flat kernels' unaligned path)."""
+    if dtype == torch.float64:
+        return []
+    calls = []
+    for s_dtype in dict.fromkeys((torch.float32, dtype)):
+        for first in (True, False):
+            for no_prox in (False, True):
+                for aligned in (True, False) if (first, no_prox) == (True, False) else (True,):
+                    param = torch.randn(1001).to(dtype)[int(not aligned):][:1000]
+                    lists = [[param], [torch.randn(1000).to(dtype)]] + [[torch.rand(1000).to(s_dtype)]
+                                                                         for _ in STATE_NAMES]
+                    calls.append(Example(tuple(lists), dict(lr=1e-3, step=1 if first else 2, no_prox=no_prox)))
+    return calls
+
+
+IMPLS = {
+    "reference": adan_step_ref,
+    "cpu": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "cuda": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "triton": adan_step_triton,
+}
+declare(Op("adan_step", adan_step, compiled=_compiled, examples=_examples, impls=IMPLS))

@@ -7,11 +7,14 @@ Backward scatter-adds the gradient rows back (duplicate ids accumulate).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import _checks, _dispatch
+from .._registry import Example, Op, Sizes, declare, example_ids
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import expect, expect_float, expect_ids, register_op, sim_twin
+from ._register import register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -69,20 +72,27 @@ def gather_tokens_backward_triton(grad: torch.Tensor, ids: torch.Tensor, num_tok
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: fake (meta) kernels and autograd for the C++/CUDA op and its Triton twin
+# Checks and registration: fake (meta) kernels and autograd for the C++/CUDA op and its Triton twin
+
+
+def check(x, ids):
+    """x (B, N, D) float and ids (B, K) int64 on one device: the public function's arguments (int32 ids
+    widened) and the fake kernel's."""
+    _checks.check_tensor("x", x, 3, "(B, N, D)")
+    _checks.check_float("x", x)
+    _checks.check_ids("ids", ids, x.shape[0])
+    _checks.check_same("device", x=x, ids=ids)
 
 
 def _fake_forward(x, ids):
-    expect("x", x, (None, None, None), "(B, N, D)")
-    expect_float("x", x)
-    expect_ids("ids", ids, (x.shape[0], None))
+    check(x, ids)
     return x.new_empty((x.shape[0], ids.shape[1], x.shape[2]))
 
 
 def _fake_backward(grad, ids, num_tokens):
-    expect("grad", grad, (None, None, None), "(B, K, D)")
-    expect_float("grad", grad)
-    expect_ids("ids", ids, grad.shape[:2])
+    _checks.check_tensor("grad", grad, 3, "(B, K, D)")
+    _checks.check_float("grad", grad)
+    _checks.check_ids("ids", ids, grad.shape[0], grad.shape[1], tokens_of="grad")
     return grad.new_empty((grad.shape[0], num_tokens, grad.shape[2]))
 
 
@@ -101,12 +111,9 @@ register_op("gather_tokens", fake_forward=_fake_forward, fake_backward=_fake_bac
             backward=_backward)
 
 
-def _compiled(x, ids, ops=torch.ops.mdt_kernels):
+def _compiled(ops, x, ids):
     return ops.gather_tokens(x, ids)
 
-
-IMPLS = {"reference": gather_tokens_ref, "cpu": _compiled, "cuda": _compiled, "triton": gather_tokens_triton}
-IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function
@@ -122,10 +129,25 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, K, D) tensor of x's dtype with ``out[b, k] = x[b, ids[b, k]]``. Differentiable in x.
     """
-    _checks.check_tensor("x", x, 3, "(B, N, D)")
-    _checks.check_float("x", x)
-    _checks.check_same("device", x=x, ids=ids if isinstance(ids, torch.Tensor) else None)
-    backend = _dispatch.resolve("gather_tokens", x.device)
-    # The C++ CPU kernel checks id values itself (and so do compiled graphs that call it).
-    ids = _checks.check_ids("ids", ids, x.shape[0], x.shape[1], values=backend != "cpu")
-    return IMPLS[backend](x, ids)
+    ids = _checks.as_ids("ids", ids)
+    check(x, ids)
+    backend, run = _dispatch.implementation("gather_tokens", x.device, x)
+    if backend != "cpu":  # the C++ CPU kernel checks id values itself (and so do compiled graphs that call it)
+        _checks.check_id_values("ids", ids, x.shape[1])
+    return run(x, ids)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declaration: the op as the dispatcher, the generic tests and the Triton AOT sweep see it (mdt_kernels._registry)
+
+
+def _examples(s: Sizes, dtype) -> list[Example]:
+    return [Example((torch.randn(s.B, s.N, s.D).to(dtype), example_ids(s.B, s.K, s.N)), grad=(0,))]
+
+
+declare(Op("gather_tokens", gather_tokens, compiled=_compiled, examples=_examples, impls={
+    "reference": gather_tokens_ref,
+    "cpu": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "cuda": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "triton": gather_tokens_triton,
+}))

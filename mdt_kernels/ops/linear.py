@@ -3,28 +3,27 @@
 Every per-token projection of an MDT block (qkv, attention output, MLP fc2, the long-skip and final
 linears) is a GEMM, and on the CPU the GEMMs are most of a training step (over three quarters of an
 MDTv2-S/2 step, benchmarks/results). F.linear runs them as MKL's sgemm, which on AMD CPUs runs its
-generic `def` kernels rather than AVX-512 ones; the C++ kernel (csrc/cpu/linear.cpp) runs x W^T + b
-and the backward's dx = g W as oneDNN's inner product (the engine of csrc/cpu/gemm.h, bias in its
-epilogue), which uses AVX-512 on any vendor, and dW = g^T x as at::mm. The engine is chosen per
-dtype, oneDNN only where this CPU runs the dtype on it and it measured faster (fp32 with AVX-512; bf16
-where oneDNN has it, which needs AVX-512); ``cpu_gemm_engine(dtype)`` says which runs.
-``use_cpu_gemm_engine("aten")`` (or MDT_KERNELS_CPU_GEMM=aten) runs ATen's GEMMs for every dtype, for
-comparison; float16/float64 always do.
+generic `def` kernels. The C++ kernel (csrc/cpu/linear.cpp) runs x W^T + b and the backward's dx = g W
+on the CPU GEMM engine of csrc/cpu/gemm.h (mdt_kernels' own GEMM, oneDNN or ATen, chosen per dtype and
+CPU by its table; bias in the epilogue), and dW = g^T x as at::mm; ``cpu_gemm_engine(dtype)`` says which
+engine runs. ``use_cpu_gemm_engine("aten")`` (or MDT_KERNELS_CPU_GEMM=aten) runs ATen's GEMMs for every
+dtype, for comparison; float16/float64 always do.
 
 There is deliberately no CUDA or Triton kernel: on GPUs the GEMM is cuBLAS's, which F.linear already
-calls, so the model uses this op only on CPU tensors (mdt.models.Linear). Called on CUDA tensors under
-``auto`` it runs the reference F.linear (with the usual one-time warning).
+calls. Wherever linear has no kernel of the backend in force (CUDA tensors, the triton backend), it runs
+its reference F.linear, with no warning: mdt.models.Linear calls it everywhere.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from .. import _checks, _dispatch
-from ._register import expect, expect_float, register_op
-
-_dispatch.declare_kernels("linear", cpu=("cpu",), cuda=())  # no GPU kernel: cuBLAS is the reference
+from .._registry import Example, Op, Sizes, declare
+from ._register import register_op
 
 
 def linear_ref(x, weight, bias=None):
@@ -33,28 +32,57 @@ def linear_ref(x, weight, bias=None):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: fake kernels and autograd of the C++ op
+# Checks (shared with linear_gelu) and registration: fake kernels and autograd of the C++ op
 
 
-def expect_linear(x, weight, bias, grad=None) -> None:
-    """In a fake kernel (also linear_gelu's): what the C++ op checks of x (..., Din), weight (Dout, Din),
-    bias (Dout,) or None, and grad (..., Dout), all of x's float dtype."""
-    torch._check_value(x.dim() >= 1, lambda: f"x must have at least 1 dimension (..., Din), got shape {tuple(x.shape)}")
-    expect_float("x", x)
-    expect("weight", weight, (None, x.shape[-1]), "(Dout, Din)", x.dtype)
+def check(x, weight, bias, grad=None, *, cast: bool = False) -> None:
+    """x (..., Din), weight (Dout, Din), bias (Dout,) or None and grad (..., Dout) when given: float tensors
+    of one device and, unless cast (the public function under autocast, which casts them to one dtype
+    next), of one dtype. The public functions' arguments and the fake kernels' (also linear_gelu's)."""
+    _checks.check_tensor("weight", weight, 2, "(Dout, Din)")
     if bias is not None:
-        expect("bias", bias, (weight.shape[0],), "(Dout,)", x.dtype)
+        _checks.check_tensor("bias", bias, 1, "(Dout,)")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension (..., Din), got shape {tuple(x.shape)}")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None:
+            _checks.check_float(name, t)
+    _checks.require(weight.shape[1] == x.shape[-1], lambda: f"weight has shape {tuple(weight.shape)} but x has "
+                                                               f"{x.shape[-1]} input features")
+    if bias is not None:
+        _checks.require(bias.shape[0] == weight.shape[0], lambda: f"bias has {bias.shape[0]} elements but weight "
+                                                                     f"has {weight.shape[0]} output features")
     if grad is not None:
-        expect("grad", grad, (*x.shape[:-1], weight.shape[0]), "(..., Dout)", x.dtype)
+        _checks.check_shape("grad", grad, (*x.shape[:-1], weight.shape[0]), "(..., Dout)")
+    _checks.check_same("device", x=x, weight=weight, bias=bias, grad=grad)
+    if not cast:
+        _checks.check_same("dtype", x=x, weight=weight, bias=bias, grad=grad)
+
+
+def autocasting(x) -> bool:
+    """Whether autocast is on for x's device (then the public functions cast as it would, see autocast_inputs)."""
+    return isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
+
+
+def autocast_inputs(x, weight, bias):
+    """Custom ops see no autocast: casts as autocast would for F.linear (which leaves float64 alone)."""
+    if not autocasting(x):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(x.device.type)
+    x, weight, bias = (t if t is None or t.dtype == torch.float64 else t.to(dtype) for t in (x, weight, bias))
+    _checks.check_same("dtype", x=x, weight=weight, bias=bias)
+    return x, weight, bias
 
 
 def _fake_forward(x, weight, bias):
-    expect_linear(x, weight, bias)
+    check(x, weight, bias)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def _fake_backward(grad, x, weight, has_bias):
-    expect_linear(x, weight, None, grad)
+    check(x, weight, None, grad)
     return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0] if has_bias else 0,))
 
 
@@ -74,46 +102,8 @@ register_op("linear", fake_forward=_fake_forward, fake_backward=_fake_backward, 
             backward=_backward, triton=False)
 
 
-def _compiled(x, weight, bias):
-    return torch.ops.mdt_kernels.linear(x, weight, bias)
-
-
-IMPLS = {"reference": linear_ref, "cpu": _compiled}
-
-# ---------------------------------------------------------------------------------------------------
-# Input checks and autocast, shared with linear_gelu
-
-
-def check_inputs(op: str, x, weight, bias) -> str:
-    """Checks F.linear's arguments (bias may be None); returns the backend that will run ``op``."""
-    _checks.check_tensor("weight", weight, 2, "(Dout, Din)")
-    if bias is not None:
-        _checks.check_tensor("bias", bias, 1, "(Dout,)")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 1:
-        raise ValueError("x must have at least 1 dimension (..., Din), got a 0-D tensor")
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if t is not None:
-            _checks.check_float(name, t)
-    if weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight has shape {tuple(weight.shape)} but x has {x.shape[-1]} input features")
-    if bias is not None and bias.shape[0] != weight.shape[0]:
-        raise ValueError(f"bias has {bias.shape[0]} elements but weight has {weight.shape[0]} output features")
-    _checks.check_same("device", x=x, weight=weight, bias=bias)
-    if not torch.is_autocast_enabled(x.device.type):  # before dispatch, so that the reference raises the same
-        _checks.check_same("dtype", x=x, weight=weight, bias=bias)
-    return _dispatch.resolve(op, x.device)
-
-
-def autocast_inputs(x, weight, bias):
-    """Custom ops see no autocast: casts as autocast would for F.linear (which leaves float64 alone)."""
-    if not torch.is_autocast_enabled(x.device.type):
-        return x, weight, bias
-    dtype = torch.get_autocast_dtype(x.device.type)
-    x, weight, bias = (t if t is None or t.dtype == torch.float64 else t.to(dtype) for t in (x, weight, bias))
-    _checks.check_same("dtype", x=x, weight=weight, bias=bias)
-    return x, weight, bias
+def _compiled(ops, x, weight, bias):
+    return ops.linear(x, weight, bias)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,8 +120,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Returns:
         (..., Dout) in x's dtype. Differentiable in x, weight and bias.
     """
-    backend = check_inputs("linear", x, weight, bias)
-    if backend == "reference":
+    check(x, weight, bias, cast=autocasting(x))
+    backend, run = _dispatch.implementation("linear", x.device, x, weight, bias)
+    if backend == "reference":  # F.linear autocasts itself
         return linear_ref(x, weight, bias)
-    x, weight, bias = autocast_inputs(x, weight, bias)
-    return IMPLS[backend](x, weight, bias)
+    return run(*autocast_inputs(x, weight, bias))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declaration: the op as the dispatcher, the generic tests and the Triton AOT sweep see it (mdt_kernels._registry)
+
+
+def _examples(s: Sizes, dtype) -> list[Example]:
+    """(B, N, D) -> (B, N, F) with and without a bias."""
+    x, w, b = (torch.randn(*shape).to(dtype) for shape in ((s.B, s.N, s.D), (s.hidden, s.D), (s.hidden,)))
+    return [Example((x, w, b), grad=(0, 1, 2)), Example((x.clone(), w.clone()), grad=(0, 1))]
+
+
+# No GPU kernel: cuBLAS, which F.linear calls, is the GEMM there.
+declare(Op("linear", linear, compiled=_compiled, examples=_examples, reference_elsewhere=True,
+           impls={"reference": linear_ref, "cpu": functools.partial(_compiled, torch.ops.mdt_kernels)}))

@@ -9,21 +9,22 @@ h (without b) is saved for the backward in place of the GELU input PyTorch saves
 evaluates tanh with a vectorised exp, the CUDA kernel (csrc/cuda/linear_gelu_kernels.cu) runs the two
 passes on 16-byte packs; both sum db in a fixed order (deterministic). Under autocast the inputs are
 cast as autocast casts F.linear's. On CUDA ``auto`` runs the CUDA kernel when the extension was built
-with it, else the Triton one (the model's MLP takes this op only where a fused kernel runs, see
-mdt.models.Mlp).
+with it, else the Triton one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from .. import _checks
+from .. import _checks, _dispatch
+from .._registry import Example, Op, Sizes, declare
 from .._triton import acc_dtype, block_size, cdiv, jit, tl, tl_acc
-from ._register import expect, register_inference, register_op, sim_twin
-from .linear import autocast_inputs, check_inputs, expect_linear
+from . import linear as linear_ops
+from ._register import register_inference, register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -110,18 +111,25 @@ def linear_gelu_backward_triton(grad: torch.Tensor, x: torch.Tensor, weight: tor
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: fake kernels and autograd, shared by the C++ op and its Triton twin
+# Checks and registration: fake kernels and autograd, shared by the C++ op and its Triton twin
+
+
+def check(x, weight, bias, *, cast: bool = False) -> None:
+    """linear's check, with the bias required (see mdt_kernels.ops.linear.check)."""
+    _checks.check_tensor("bias", bias, 1, "(Dout,)")
+    linear_ops.check(x, weight, bias, cast=cast)
 
 
 def _fake_forward(x, weight, bias):
-    expect_linear(x, weight, bias)
+    check(x, weight, bias)
     M = math.prod(x.shape[:-1])  # not Size.numel(): that would specialise a symbolic token count
     return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty((M, weight.shape[0]))
 
 
 def _fake_backward(grad, x, weight, bias, h):
-    expect_linear(x, weight, bias, grad)
-    expect("h", h, (math.prod(x.shape[:-1]), weight.shape[0]), "(rows of x, Dout)", x.dtype)
+    linear_ops.check(x, weight, bias, grad)
+    _checks.check_shape("h", h, (math.prod(x.shape[:-1]), weight.shape[0]), "(rows of x, Dout)")
+    _checks.check_dtype("h", h, x.dtype)
     return x.new_empty(x.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
@@ -144,18 +152,12 @@ register_op("linear_gelu", fake_forward=_fake_forward, fake_backward=_fake_backw
             setup_context=_setup_context, backward=_backward)
 
 
-def _compiled(x, weight, bias, ops=torch.ops.mdt_kernels):
+def _compiled(ops, x, weight, bias):
     return ops.linear_gelu(x, weight, bias)[0]
 
 
-def _triton(x, weight, bias):
-    return linear_gelu_triton(x, weight, bias)[0]
-
-
 # Under no_grad / inference_mode the CPU backend runs linear_gelu_inference: no h is kept, GELU runs in place.
-_cpu = register_inference("linear_gelu", lambda x, weight, bias: _fake_forward(x, weight, bias)[0], _compiled)
-IMPLS = {"reference": linear_gelu_ref, "cpu": _cpu, "cuda": _compiled, "triton": _triton}
-IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
+_inference = register_inference("linear_gelu", lambda x, weight, bias: _fake_forward(x, weight, bias)[0])
 
 # ---------------------------------------------------------------------------------------------------
 # Public function
@@ -171,9 +173,26 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     Returns:
         (..., Dout) in x's dtype. Differentiable in x, weight and bias.
     """
-    _checks.check_tensor("bias", bias, 1, "(Dout,)")  # required here
-    backend = check_inputs("linear_gelu", x, weight, bias)
-    if backend == "reference":
+    check(x, weight, bias, cast=linear_ops.autocasting(x))
+    backend, run = _dispatch.implementation("linear_gelu", x.device, x, weight, bias)
+    if backend == "reference":  # F.linear autocasts itself
         return linear_gelu_ref(x, weight, bias)
-    x, weight, bias = autocast_inputs(x, weight, bias)
-    return IMPLS[backend](x, weight, bias)
+    return run(*linear_ops.autocast_inputs(x, weight, bias))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declaration: the op as the dispatcher, the generic tests and the Triton AOT sweep see it (mdt_kernels._registry)
+
+
+def _examples(s: Sizes, dtype) -> list[Example]:
+    """The MLP's first layer: (B, N, D) -> (B, N, F)."""
+    shapes = ((s.B, s.N, s.D), (s.hidden, s.D), (s.hidden,))
+    return [Example(tuple(torch.randn(*shape).to(dtype) for shape in shapes), grad=(0, 1, 2))]
+
+
+declare(Op("linear_gelu", linear_gelu, compiled=_compiled, inference=_inference, examples=_examples, impls={
+    "reference": linear_gelu_ref,
+    "cpu": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "cuda": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "triton": lambda x, weight, bias: linear_gelu_triton(x, weight, bias)[0],
+}))

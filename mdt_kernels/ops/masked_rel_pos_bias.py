@@ -10,11 +10,14 @@ back into the table (fp32 accumulation; deterministic on CPU).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import _checks, _dispatch
+from .._registry import Example, Op, Sizes, declare, example_ids
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import expect, expect_float, expect_ids, register_op, sim_twin
+from ._register import register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -92,32 +95,45 @@ def masked_rel_pos_bias_backward_triton(grad: torch.Tensor, ids_keep: torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: fake kernels and autograd, shared by the C++/CUDA op and its Triton twin
+# Checks and registration: fake kernels and autograd, shared by the C++/CUDA op and its Triton twin
 
 
-def expect_rel_pos(ids_keep, grid_size, num_rel, batch=None, tokens=None) -> None:
-    """In a fake kernel (also rel_pos_attention's): ids_keep (B, K) int64, grid_size >= 1 and a table of
-    num_rel >= (2*grid_size-1)^2 rows, as the C++ ops check."""
-    expect_ids("ids_keep", ids_keep, (batch, tokens))
-    torch._check_value(grid_size >= 1, lambda: f"grid_size must be >= 1, got {grid_size}")
-    torch._check_value(num_rel >= (2 * grid_size - 1) ** 2, lambda: f"table has {num_rel} rows, fewer than "
-                       f"(2*grid_size-1)^2 = {(2 * grid_size - 1) ** 2} for grid_size {grid_size}")
+def check_table(table, grid_size, heads=None) -> None:
+    """table (R, H) float with R >= (2G-1)^2 rows for grid_size G >= 1; heads, when given, its H (also
+    rel_pos_attention's)."""
+    _checks.check_tensor("table", table, 2, "(R, H)")
+    _checks.check_float("table", table)
+    _checks.check_int("grid_size", grid_size, at_least=1)
+    need = (2 * grid_size - 1) ** 2
+    _checks.require(table.shape[0] >= need, lambda: f"table has {table.shape[0]} rows, fewer than "
+                       f"(2*grid_size-1)^2 = {need} needed for grid_size {grid_size}")
+    if heads is not None:
+        _checks.require(table.shape[1] == heads, lambda: f"table has {table.shape[1]} heads but qkv has {heads}")
+
+
+def check(table, grid_size, ids_keep):
+    """The table, grid_size and (B, K) int64 ids_keep on the table's device: the public function's arguments
+    (the full grid as ids_keep = all positions) and the fake kernel's."""
+    check_table(table, grid_size)
+    _checks.check_ids("ids_keep", ids_keep)
+    _checks.check_same("device", table=table, ids_keep=ids_keep)
 
 
 def _fake_forward(table, grid_size, ids_keep):
-    expect("table", table, (None, None), "(R, H)")
-    expect_float("table", table)
-    expect_rel_pos(ids_keep, grid_size, table.shape[0])
+    check(table, grid_size, ids_keep)
     B, K = ids_keep.shape
     return table.new_empty((B, table.shape[1], K, K))
 
 
 def _fake_backward(grad, ids_keep, grid_size, num_rel):
-    expect("grad", grad, (None, None, None, None), "(B, H, K, K)")
-    expect_float("grad", grad)
+    _checks.check_tensor("grad", grad, 4, "(B, H, K, K)")
+    _checks.check_float("grad", grad)
     B, H, K, _ = grad.shape
-    expect("grad", grad, (B, H, K, K), "(B, H, K, K)")
-    expect_rel_pos(ids_keep, grid_size, num_rel, B, K)
+    _checks.check_shape("grad", grad, (B, H, K, K), "(B, H, K, K)")
+    _checks.check_ids("ids_keep", ids_keep, B, K, tokens_of="grad")
+    _checks.check_int("grid_size", grid_size, at_least=1)
+    _checks.require(num_rel >= (2 * grid_size - 1) ** 2, lambda: f"num_rel={num_rel} is fewer than "
+                       f"(2*grid_size-1)^2 = {(2 * grid_size - 1) ** 2} for grid_size {grid_size}")
     return grad.new_empty((num_rel, grad.shape[1]))
 
 
@@ -136,30 +152,12 @@ register_op("masked_rel_pos_bias", fake_forward=_fake_forward, fake_backward=_fa
             setup_context=_setup_context, backward=_backward)
 
 
-def _compiled(table, grid_size, ids_keep, ops=torch.ops.mdt_kernels):
+def _compiled(ops, table, grid_size, ids_keep):
     return ops.masked_rel_pos_bias(table, grid_size, ids_keep)
 
 
-IMPLS = {"cpu": _compiled, "cuda": _compiled, "triton": masked_rel_pos_bias_triton}
-IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
-
 # ---------------------------------------------------------------------------------------------------
 # Public function
-
-
-def check_table(table, grid_size) -> None:
-    """table is a float (R, H) tensor with R >= (2G-1)^2 rows for grid_size G >= 1 (also rel_pos_attention's)."""
-    _checks.check_tensor("table", table, 2, "(R, H)")
-    _checks.check_float("table", table)
-    if isinstance(grid_size, bool) or not isinstance(grid_size, (int, torch.SymInt)):
-        raise TypeError(f"grid_size must be an int, got {type(grid_size).__name__}")
-    if grid_size < 1:
-        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
-    need = (2 * grid_size - 1) ** 2
-    if table.shape[0] < need:
-        raise ValueError(
-            f"table has {table.shape[0]} rows, fewer than (2*grid_size-1)^2 = {need} needed for grid_size {grid_size}"
-        )
 
 
 def masked_rel_pos_bias(table: torch.Tensor, grid_size: int, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -175,15 +173,36 @@ def masked_rel_pos_bias(table: torch.Tensor, grid_size: int, ids_keep: torch.Ten
         ``out[b, h, i, j] = table[idx(ids_keep[b, i], ids_keep[b, j]), h]``. Differentiable in table.
     """
     check_table(table, grid_size)
-    ids_arg = ids_keep if isinstance(ids_keep, torch.Tensor) else None
-    _checks.check_same("device", table=table, ids_keep=ids_arg)
-    backend = _dispatch.resolve("masked_rel_pos_bias", table.device)
-    if ids_keep is not None:
-        # The C++ CPU kernel checks the id range itself.
-        ids_keep = _checks.check_ids("ids_keep", ids_keep, None, grid_size * grid_size, values=backend != "cpu")
+    full = ids_keep is None  # the full grid is the all-tokens-kept case of the same kernel
+    if full:
+        ids_keep = torch.arange(grid_size * grid_size, device=table.device).unsqueeze(0)
+    ids_keep = _checks.as_ids("ids_keep", ids_keep)
+    check(table, grid_size, ids_keep)
+    backend, run = _dispatch.implementation("masked_rel_pos_bias", table.device, table)
+    if backend != "cpu" and not full:  # the C++ CPU kernel checks the id range itself
+        _checks.check_id_values("ids_keep", ids_keep, grid_size * grid_size)
     if backend == "reference":
-        return masked_rel_pos_bias_ref(table, grid_size, ids_keep)
-    if ids_keep is None:  # the full grid is the all-tokens-kept case of the same kernel
-        ids = torch.arange(grid_size * grid_size, device=table.device).unsqueeze(0)
-        return IMPLS[backend](table, grid_size, ids).squeeze(0)
-    return IMPLS[backend](table, grid_size, ids_keep)
+        return masked_rel_pos_bias_ref(table, grid_size, None if full else ids_keep)
+    out = run(table, grid_size, ids_keep)
+    return out.squeeze(0) if full else out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declaration: the op as the dispatcher, the generic tests and the Triton AOT sweep see it (mdt_kernels._registry)
+
+
+def _examples(s: Sizes, dtype) -> list[Example]:
+    """On a grid (s.G > 0): the kept tokens, and the full grid when every token is kept."""
+    if not s.G:
+        return []
+    table = torch.randn((2 * s.G - 1) ** 2 + 3, s.H).to(dtype)  # MDT's table has 3 unused extra rows
+    calls = [Example((table, s.G, example_ids(s.B, s.K, s.G * s.G)), grad=(0,))]
+    return calls + ([Example((table.clone(), s.G), grad=(0,))] if s.K == s.G * s.G else [])
+
+
+declare(Op("masked_rel_pos_bias", masked_rel_pos_bias, compiled=_compiled, examples=_examples, impls={
+    "reference": masked_rel_pos_bias_ref,
+    "cpu": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "cuda": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "triton": masked_rel_pos_bias_triton,
+}))

@@ -11,22 +11,23 @@ bias + softmax, one for the softmax backward and the table gradient) and reads a
 the forward saves each softmax row's max and reciprocal sum (B, H, K, 2) rather than the (B, H, K, K)
 probabilities, which the backward recomputes. The Triton twin does the same per (b, h, block of query
 rows), streaming over key blocks; it computes in fp32 (fp64 for fp64) rather than on fp16 tensor cores:
-written to be right, not tuned for speed. There is no CUDA kernel: on GPUs the model's ``auto``
-attention stays xformers / SDPA with the bias of ``masked_rel_pos_bias``; a direct call on CUDA tensors
-under ``auto`` runs the Triton kernel.
+written to be right, not tuned for speed. There is no CUDA kernel: on CUDA tensors ``auto`` runs the
+reference (SDPA with the bias of ``masked_rel_pos_bias``), and the model's attention xformers or SDPA;
+the Triton kernel runs there when asked for (``use_backend("triton")``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from .. import _checks, _dispatch
+from .._registry import Example, Op, Sizes, declare, example_ids
 from .._triton import acc_dtype, block_size, cdiv, jit, next_power_of_2, tl
-from ._register import expect, expect_float, register_inference, register_op
-from .masked_rel_pos_bias import check_table, expect_rel_pos, masked_rel_pos_bias_ref
-
-_dispatch.declare_kernels("rel_pos_attention", cpu=("cpu", "triton"), cuda=("triton",))
+from ._register import register_inference, register_op
+from .masked_rel_pos_bias import check_table, masked_rel_pos_bias_ref
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -252,32 +253,42 @@ def rel_pos_attention_backward_triton(grad_out: torch.Tensor, qkv: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: fake kernels and autograd, shared by the C++ op and its Triton twin
+# Checks and registration: fake kernels and autograd, shared by the C++ op and its Triton twin
 
 
-def _expect_qkv(qkv):
-    expect("qkv", qkv, (None, None, 3, None, None), "(B, K, 3, H, Dh)")
-    expect_float("qkv", qkv)
+def _check_qkv(qkv):
+    _checks.check_tensor("qkv", qkv, 5, "(B, K, 3, H, Dh)")
+    _checks.check_float("qkv", qkv)
+    _checks.check_shape("qkv", qkv, (None, None, 3, None, None), "(B, K, 3, H, Dh)")
+
+
+def check(qkv, table, grid_size, ids_keep, scale):
+    """qkv (B, K, 3, H, Dh) float, the (R, H) table of masked_rel_pos_bias, (B, K) int64 ids_keep, a float
+    scale, one device: the public function's arguments (the full grid as ids_keep = all positions) and the
+    fake kernel's."""
+    _check_qkv(qkv)
+    B, K, _, H, _ = qkv.shape
+    check_table(table, grid_size, heads=H)
+    _checks.check_ids("ids_keep", ids_keep, B, K, batch_of="qkv", tokens_of="qkv")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    _checks.check_same("device", qkv=qkv, table=table, ids_keep=ids_keep)
 
 
 def _fake_forward(qkv, table, grid_size, ids_keep, scale):
-    _expect_qkv(qkv)
+    check(qkv, table, grid_size, ids_keep, scale)
     B, K, _, H, Dh = qkv.shape
-    expect("table", table, (None, H), "(R, H) with qkv's H heads")
-    expect_float("table", table)
-    expect_rel_pos(ids_keep, grid_size, table.shape[0], B, K)
     return qkv.new_empty((B, K, H, Dh)), qkv.new_empty((B, H, K, 2), dtype=acc_dtype(qkv.dtype))
 
 
 def _fake_backward(grad_out, qkv, table, stats, ids_keep, grid_size, scale):
-    _expect_qkv(qkv)
+    check(qkv, table, grid_size, ids_keep, scale)
     B, K, _, H, Dh = qkv.shape
-    expect("grad_out", grad_out, (B, K, H, Dh), "(B, K, H, Dh) of qkv")
-    expect_float("grad_out", grad_out)
-    expect("table", table, (None, H), "(R, H) with qkv's H heads")
-    expect_float("table", table)
-    expect("stats", stats, (B, H, K, 2), "(B, H, K, 2) of qkv")
-    expect_rel_pos(ids_keep, grid_size, table.shape[0], B, K)
+    _checks.check_tensor("grad_out", grad_out, 4, "(B, K, H, Dh)")
+    _checks.check_shape("grad_out", grad_out, (B, K, H, Dh), "(B, K, H, Dh) of qkv")
+    _checks.check_float("grad_out", grad_out)
+    _checks.check_tensor("stats", stats, 4, "(B, H, K, 2)")
+    _checks.check_shape("stats", stats, (B, H, K, 2), "(B, H, K, 2) of qkv")
     return qkv.new_empty(qkv.shape), stats.new_empty((table.shape[0], H))
 
 
@@ -302,14 +313,13 @@ register_op("rel_pos_attention", fake_forward=_fake_forward, fake_backward=_fake
             setup_context=_setup_context, backward=_backward)
 
 
-def _compiled(qkv, table, grid_size, ids_keep, scale):
-    return torch.ops.mdt_kernels.rel_pos_attention(qkv, table, grid_size, ids_keep, scale)[0]
+def _compiled(ops, qkv, table, grid_size, ids_keep, scale):
+    return ops.rel_pos_attention(qkv, table, grid_size, ids_keep, scale)[0]
 
 
-# Under no_grad / inference_mode the CPU backend runs rel_pos_attention_inference, which skips the
-# softmax stats that only a backward reads.
-_cpu = register_inference("rel_pos_attention", lambda *a: _fake_forward(*a)[0], _compiled)
-IMPLS = {"cpu": _cpu, "triton": lambda *a: rel_pos_attention_triton(*a)[0]}  # each returns out
+# Under no_grad / inference_mode the CPU backend runs rel_pos_attention_inference, which keeps no softmax
+# stats (only a backward reads them).
+_inference = register_inference("rel_pos_attention", lambda *a: _fake_forward(*a)[0])
 
 # ---------------------------------------------------------------------------------------------------
 # Public function
@@ -331,30 +341,43 @@ def rel_pos_attention(qkv: torch.Tensor, table: torch.Tensor, grid_size: int, id
         ``out[b, :, h] = softmax(q k^T * scale + masked_rel_pos_bias(table, G, ids_keep)[b, h]) v``.
         Differentiable in qkv and table.
     """
-    _checks.check_tensor("qkv", qkv, 5, "(B, K, 3, H, Dh)")
-    _checks.check_float("qkv", qkv)
-    B, K, three, H, Dh = qkv.shape
-    if three != 3:
-        raise ValueError(f"qkv must have shape (B, K, 3, H, Dh), got {tuple(qkv.shape)}")
+    _check_qkv(qkv)
+    B, K, _, _, Dh = qkv.shape
     check_table(table, grid_size)
-    if table.shape[1] != H:
-        raise ValueError(f"table has {table.shape[1]} heads but qkv has {H}")
     if scale is None:
         scale = Dh**-0.5 if Dh > 0 else 1.0  # Dh = 0: the output is empty, whatever the scale
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    ids_arg = ids_keep if isinstance(ids_keep, torch.Tensor) else None
-    _checks.check_same("device", qkv=qkv, table=table, ids_keep=ids_arg)
-    backend = _dispatch.resolve("rel_pos_attention", qkv.device)
-    if ids_keep is None:
+    full = ids_keep is None  # the full grid is the all-tokens-kept case of the same kernel
+    if full:
         if K != grid_size * grid_size:
             raise ValueError(f"without ids_keep qkv must hold all grid_size^2 = {grid_size ** 2} tokens, got K = {K}")
-    else:  # the C++ CPU kernel checks the id range itself
-        ids_keep = _checks.check_ids("ids_keep", ids_keep, B, grid_size * grid_size, values=backend != "cpu")
-        if ids_keep.shape[1] != K:
-            raise ValueError(f"ids_keep has {ids_keep.shape[1]} tokens per sample but qkv has K = {K}")
-    if backend == "reference":
-        return rel_pos_attention_ref(qkv, table, grid_size, ids_keep, float(scale))
-    if ids_keep is None:  # the full grid is the all-tokens-kept case of the same kernel
         ids_keep = torch.arange(K, device=qkv.device).expand(B, K)
-    return IMPLS[backend](qkv, table, grid_size, ids_keep, float(scale))
+    ids_keep = _checks.as_ids("ids_keep", ids_keep)
+    check(qkv, table, grid_size, ids_keep, scale)
+    backend, run = _dispatch.implementation("rel_pos_attention", qkv.device, qkv, table)
+    if backend != "cpu" and not full:  # the C++ CPU kernel checks the id range itself
+        _checks.check_id_values("ids_keep", ids_keep, grid_size * grid_size)
+    if backend == "reference":
+        return rel_pos_attention_ref(qkv, table, grid_size, None if full else ids_keep, float(scale))
+    return run(qkv, table, grid_size, ids_keep, float(scale))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declaration: the op as the dispatcher, the generic tests and the Triton AOT sweep see it (mdt_kernels._registry)
+
+
+def _examples(s: Sizes, dtype) -> list[Example]:
+    """On a grid (s.G > 0): the K kept tokens of (B, K, 3, H, D // H) qkv, or the full grid (no ids_keep)."""
+    if not s.G:
+        return []
+    qkv = torch.randn(s.B, s.K, 3, s.H, s.D // s.H if s.H else s.D).to(dtype)
+    table = (0.5 * torch.randn((2 * s.G - 1) ** 2 + 3, s.H)).to(dtype)  # MDT's table has 3 unused extra rows
+    ids = None if s.K == s.G * s.G else example_ids(s.B, s.K, s.G * s.G)
+    return [Example((qkv, table, s.G, ids), grad=(0, 1))]
+
+
+declare(Op("rel_pos_attention", rel_pos_attention, compiled=_compiled, inference=_inference, examples=_examples,
+           # On CUDA the model's attention (xformers, SDPA) with the bias of masked_rel_pos_bias is the fast path;
+           # the Triton kernel is written to be right, and runs there only when asked for.
+           auto={"cuda": ()},
+           impls={"reference": rel_pos_attention_ref, "cpu": functools.partial(_compiled, torch.ops.mdt_kernels),
+                  "triton": lambda *a: rel_pos_attention_triton(*a)[0]}))

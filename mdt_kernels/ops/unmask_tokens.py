@@ -9,11 +9,14 @@ into d_mask_token, and all rows are summed over the batch into d_pos_embed.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import _checks, _dispatch
+from .._registry import Example, Op, Sizes, declare, example_ids
 from .._triton import acc_dtype, block_size, cdiv, jit, tl
-from ._register import expect, expect_float, expect_ids, register_op, sim_twin
+from ._register import register_op
 
 # ---------------------------------------------------------------------------------------------------
 # Reference
@@ -113,27 +116,37 @@ def unmask_tokens_backward_triton(grad: torch.Tensor, ids_keep: torch.Tensor,
 
 
 # ---------------------------------------------------------------------------------------------------
-# Registration: fake kernels and autograd, shared by the C++/CUDA op and its Triton twin
+# Checks and registration: fake kernels and autograd, shared by the C++/CUDA op and its Triton twin
+
+
+def check(x_kept, ids_keep, mask_token, num_tokens, pos_embed):
+    """x_kept (B, K, D) float, ids_keep (B, K) int64, K <= num_tokens, mask_token (D,) and pos_embed (N, D)
+    or None of x_kept's dtype, one device: the public function's arguments (reshaped) and the fake kernel's."""
+    _checks.check_tensor("x_kept", x_kept, 3, "(B, K, D)")
+    _checks.check_float("x_kept", x_kept)
+    B, K, D = x_kept.shape
+    _checks.check_int("num_tokens", num_tokens)
+    _checks.require(K <= num_tokens, lambda: f"num_tokens={num_tokens} is smaller than the {K} kept tokens of "
+                                                "x_kept")
+    _checks.check_ids("ids_keep", ids_keep, B, K, tokens_of="x_kept")
+    _checks.check_shape("mask_token", mask_token, (D,), "(D,)")
+    if pos_embed is not None:
+        _checks.check_shape("pos_embed", pos_embed, (num_tokens, D), "(N, D)")
+    _checks.check_same("device", x_kept=x_kept, ids_keep=ids_keep, mask_token=mask_token, pos_embed=pos_embed)
+    _checks.check_same("dtype", x_kept=x_kept, mask_token=mask_token, pos_embed=pos_embed)
 
 
 def _fake_forward(x_kept, ids_keep, mask_token, num_tokens, pos_embed):
-    expect("x_kept", x_kept, (None, None, None), "(B, K, D)")
-    expect_float("x_kept", x_kept)
-    B, K, D = x_kept.shape
-    expect_ids("ids_keep", ids_keep, (B, K))
-    torch._check_value(K <= num_tokens, lambda: f"x_kept holds {K} tokens, more than num_tokens={num_tokens}")
-    expect("mask_token", mask_token, (D,), "(D,)", x_kept.dtype)
-    if pos_embed is not None:
-        expect("pos_embed", pos_embed, (num_tokens, D), "(N, D)", x_kept.dtype)
+    check(x_kept, ids_keep, mask_token, num_tokens, pos_embed)
     return x_kept.new_empty((x_kept.shape[0], num_tokens, x_kept.shape[2]))
 
 
 def _fake_backward(grad, ids_keep, has_pos):
-    expect("grad", grad, (None, None, None), "(B, N, D)")
-    expect_float("grad", grad)
+    _checks.check_tensor("grad", grad, 3, "(B, N, D)")
+    _checks.check_float("grad", grad)
     B, N, D = grad.shape
-    expect_ids("ids_keep", ids_keep, (B, None))
-    torch._check_value(ids_keep.shape[1] <= N, lambda: f"ids_keep shape {tuple(ids_keep.shape)} does not match grad "
+    _checks.check_ids("ids_keep", ids_keep, B)
+    _checks.require(ids_keep.shape[1] <= N, lambda: f"ids_keep shape {tuple(ids_keep.shape)} does not match grad "
                                                        f"{tuple(grad.shape)}")
     return grad.new_empty((B, ids_keep.shape[1], D)), grad.new_empty((D,)), grad.new_empty((N if has_pos else 0, D))
 
@@ -154,12 +167,9 @@ register_op("unmask_tokens", fake_forward=_fake_forward, fake_backward=_fake_bac
             backward=_backward)
 
 
-def _compiled(x_kept, ids_keep, mask_token, num_tokens, pos_embed, ops=torch.ops.mdt_kernels):
+def _compiled(ops, x_kept, ids_keep, mask_token, num_tokens, pos_embed):
     return ops.unmask_tokens(x_kept, ids_keep, mask_token, num_tokens, pos_embed)
 
-
-IMPLS = {"reference": unmask_tokens_ref, "cpu": _compiled, "cuda": _compiled, "triton": unmask_tokens_triton}
-IMPLS["cuda_sim"] = sim_twin(_compiled)  # the test-only backend: the cuda bindings on csrc/simt
 
 # ---------------------------------------------------------------------------------------------------
 # Public function
@@ -179,11 +189,10 @@ def unmask_tokens(x_kept: torch.Tensor, ids_keep: torch.Tensor, mask_token: torc
         (B, N, D): ``out[b, ids_keep[b, k]] = x_kept[b, k]``, every other position ``mask_token``,
         plus ``pos_embed``. Differentiable in x_kept, mask_token and pos_embed.
     """
+    # mask_token and pos_embed may have a leading unit dimension: checked here, before they are reshaped.
     _checks.check_tensor("x_kept", x_kept, 3, "(B, K, D)")
-    _checks.check_float("x_kept", x_kept)
-    B, K, D = x_kept.shape
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, torch.SymInt)):
-        raise TypeError(f"num_tokens must be an int, got {type(num_tokens).__name__}")
+    _, K, D = x_kept.shape
+    _checks.check_int("num_tokens", num_tokens)
     if num_tokens < K:
         raise ValueError(f"num_tokens={num_tokens} is smaller than the {K} kept tokens of x_kept")
     if not isinstance(mask_token, torch.Tensor) or mask_token.dim() < 1 or mask_token.numel() != D:
@@ -196,12 +205,31 @@ def unmask_tokens(x_kept: torch.Tensor, ids_keep: torch.Tensor, mask_token: torc
     ):
         shape = tuple(pos_embed.shape) if isinstance(pos_embed, torch.Tensor) else type(pos_embed).__name__
         raise ValueError(f"pos_embed must have shape (N, D) = ({num_tokens}, {D}) or (1, N, D); got {shape}")
-    ids_arg = ids_keep if isinstance(ids_keep, torch.Tensor) else None
-    _checks.check_same("device", x_kept=x_kept, ids_keep=ids_arg, mask_token=mask_token, pos_embed=pos_embed)
-    _checks.check_same("dtype", x_kept=x_kept, mask_token=mask_token, pos_embed=pos_embed)
-    backend = _dispatch.resolve("unmask_tokens", x_kept.device)
-    # The C++ CPU kernel checks range and distinctness itself while building its inverse map.
-    ids_keep = _checks.check_ids("ids_keep", ids_keep, B, num_tokens, distinct=True, values=backend != "cpu")
+    ids_keep = _checks.as_ids("ids_keep", ids_keep)
     mask_token = mask_token.reshape(D)
     pos_embed = pos_embed.reshape(num_tokens, D) if pos_embed is not None else None
-    return IMPLS[backend](x_kept, ids_keep, mask_token, num_tokens, pos_embed)
+    check(x_kept, ids_keep, mask_token, num_tokens, pos_embed)
+    backend, run = _dispatch.implementation("unmask_tokens", x_kept.device, x_kept, mask_token, pos_embed)
+    if backend != "cpu":  # the C++ CPU kernel checks range and distinctness itself while building its inverse map
+        _checks.check_id_values("ids_keep", ids_keep, num_tokens, distinct=True)
+    return run(x_kept, ids_keep, mask_token, num_tokens, pos_embed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Declaration: the op as the dispatcher, the generic tests and the Triton AOT sweep see it (mdt_kernels._registry)
+
+
+def _examples(s: Sizes, dtype) -> list[Example]:
+    """With and without pos_embed."""
+    def args():
+        return torch.randn(s.B, s.K, s.D).to(dtype), example_ids(s.B, s.K, s.N), torch.randn(s.D).to(dtype), s.N
+
+    return [Example((*args(), torch.randn(s.N, s.D).to(dtype)), grad=(0, 2, 4)), Example(args(), grad=(0, 2))]
+
+
+declare(Op("unmask_tokens", unmask_tokens, compiled=_compiled, examples=_examples, impls={
+    "reference": unmask_tokens_ref,
+    "cpu": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "cuda": functools.partial(_compiled, torch.ops.mdt_kernels),
+    "triton": unmask_tokens_triton,
+}))

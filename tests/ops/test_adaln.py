@@ -402,3 +402,13 @@ def test_cpp_op_checks_inputs_itself(backend, v, exc, match, call):
     out = op(*inputs, *((EPS,) if v.modulate else ()))
     with pytest.raises(exc, match=match):
         call(op, bwd, inputs, grads, out if isinstance(out, tuple) else (out,))
+
+
+@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
+def test_inference_form_checks_its_input():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="eps"):
+        torch.ops.mdt_kernels.adaln_modulate_inference(x, torch.zeros(2, 4), torch.zeros(2, 4), -1.0)
+    with pytest.raises(ValueError, match="scale must have shape"):
+        torch.ops.mdt_kernels.residual_adaln_modulate_inference(x, torch.zeros(2, 4), x, torch.zeros(2, 4),
+                                                                torch.zeros(1, 4), 1e-6)

@@ -11,6 +11,7 @@ from helpers import (
     backend_device_pairs,
     compiled_backends,
     is_interpreted,
+    nan_filled_memory,
     op_namespace,
 )
 from hypothesis import given, settings
@@ -358,3 +359,34 @@ def test_multi_tensor_l2_norm_op():
                           test_utils=("test_schema", "test_faketensor"))
     with pytest.raises(TypeError, match="float32"):
         torch.ops.mdt_kernels.multi_tensor_l2_norm([torch.ones(3, dtype=torch.int64)])
+
+
+# Empty parameter lists and empty parameters among others, with uninitialised memory NaN-filled.
+EMPTY_SHAPES = {"empty-list": [], "all-empty": [(0,), (3, 0)], "mixed": [(0,), (5,), (2, 0, 4), (3, 3)]}
+
+
+@pytest.mark.parametrize("backend,device", backend_device_pairs(("reference", "cpu", "cuda", "triton")))
+@pytest.mark.parametrize("dtype", [F32, F16, BF16], ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("shapes", EMPTY_SHAPES.values(), ids=EMPTY_SHAPES.keys())
+@pytest.mark.parametrize("first", [True, False], ids=["first", "later"])
+def test_adan_step_empty(shapes, dtype, backend, device, first):
+    def state():
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
+        grads = [torch.randn(s, generator=gen).to(device, dtype) for s in shapes]
+        states = [[torch.rand(s, generator=gen).to(device) for s in shapes] for _ in adan_ops.STATE_NAMES]
+        return params, grads, states
+
+    with nan_filled_memory():
+        got, want = state(), state()
+        step = 1 if first else 3
+        kw = dict(lr=1e-2, step=step, weight_decay=0.1)
+        mk.adan_step(got[0], got[1], *got[2], backend=backend, **kw)
+        mk.adan_step(want[0], want[1], *want[2], backend="reference", **kw)
+        for a, b in zip([got[0]] + got[2], [want[0]] + want[2], strict=True):
+            for x, y in zip(a, b, strict=True):
+                assert x.shape == y.shape and not x.isnan().any()
+                torch.testing.assert_close(x, y, **TOL[x.dtype])
+        initial = state()[0]
+        assert all(not torch.equal(x, x0) for x, x0 in zip(got[0], initial, strict=True) if x.numel() > 0), \
+            "the non-empty parameters took no step"

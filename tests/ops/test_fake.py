@@ -1,77 +1,82 @@
-"""The fake (meta) kernels check their inputs as the real kernels do: tracing a bad call under
-FakeTensorMode (as torch.compile does) raises a clear error instead of producing wrong shapes."""
+"""The fake (meta) kernels of every registered form of every op (the C++ op, its Triton twin, their backward
+ops, the inference forms) agree with the real kernels, and check their inputs as the real kernels do.
+
+Each declared op's example calls run forward and backward on each backend that takes CPU tensors here, and
+every call of a registered op they make is recorded with its real outputs. Replayed under FakeTensorMode
+(as torch.compile traces) and on meta tensors, each call must give outputs of the same shapes and dtypes;
+with its first floating-point tensor argument made an integer tensor, it must raise, not trace."""
 
 import pytest
 import torch
+from helpers import SIM, cpu_params
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 import mdt_kernels as mk
+from mdt_kernels import _registry
 
-ops = torch.ops.mdt_kernels
-f32, f16, i64 = torch.float32, torch.float16, torch.int64
-
-
-def t(*shape, dtype=f32):
-    return torch.empty(shape, dtype=dtype)
+SIZES = [_registry.Sizes(B=2, N=9, K=5, D=8, H=2, G=3), _registry.Sizes(B=1, N=9, K=9, D=4, H=1, G=3)]
+OPS = sorted(_registry.all_ops())
 
 
-# (op, good arguments, bad arguments, exception, message); tensors are created under FakeTensorMode.
-CASES = {
-    "adaln_modulate": (lambda: ops.adaln_modulate_triton, lambda: (t(2, 3, 4), t(2, 4), t(2, 4), 1e-6),
-                       lambda: (t(2, 3, 4), t(2, 5), t(2, 4), 1e-6), ValueError, r"shift must have shape \(B, D\)"),
-    "adaln_modulate eps": (lambda: ops.adaln_modulate_triton, lambda: (t(2, 3, 4), t(2, 4), t(2, 4), 0.0),
-                           lambda: (t(2, 3, 4), t(2, 4), t(2, 4), -1.0), ValueError, "eps must be >= 0"),
-    "adaln_modulate_backward": (
-        lambda: ops.adaln_modulate_backward_triton, lambda: (t(2, 3, 4), t(2, 3, 4), t(2, 4), t(2, 3), t(2, 3)),
-        lambda: (t(2, 3, 4, dtype=f16), t(2, 3, 4, dtype=f16), t(2, 4, dtype=f16), t(2, 3, dtype=f16), t(2, 3)),
-        TypeError, "mean has dtype torch.float16, expected torch.float32"),
-    "gated_residual": (lambda: ops.gated_residual_triton, lambda: (t(2, 3, 4), t(2, 4), t(2, 3, 4)),
-                       lambda: (t(2, 3, 4), t(2, 4), t(2, 2, 4)), ValueError, r"y must have shape \(B, N, D\)"),
-    "gated_residual dtype": (lambda: ops.gated_residual_triton, lambda: (t(2, 3, 4), t(2, 4), t(2, 3, 4)),
-                             lambda: (t(2, 3, 4), t(2, 4, dtype=f16), t(2, 3, 4)), TypeError, "gate has dtype"),
-    "residual_adaln_modulate_backward": (
-        lambda: ops.residual_adaln_modulate_backward_triton,
-        lambda: (None, t(2, 3, 4), t(2, 3, 4), t(2, 3, 4), t(2, 4), t(2, 4), t(2, 3), t(2, 3)),
-        lambda: (t(1, 3, 4), t(2, 3, 4), t(2, 3, 4), t(2, 3, 4), t(2, 4), t(2, 4), t(2, 3), t(2, 3)),
-        ValueError, "grad_h must have shape"),
-    "gather_tokens": (lambda: ops.gather_tokens_triton, lambda: (t(2, 5, 4), t(2, 3, dtype=i64)),
-                      lambda: (t(2, 5, 4), t(3, 3, dtype=i64)), ValueError, "ids must have shape"),
-    "unmask_tokens": (lambda: ops.unmask_tokens_triton, lambda: (t(2, 3, 4), t(2, 3, dtype=i64), t(4), 5, None),
-                      lambda: (t(2, 3, 4), t(2, 3, dtype=i64), t(4), 5, t(5, 3)), ValueError,
-                      "pos_embed must have shape"),
-    "linear_gelu": (lambda: ops.linear_gelu_triton, lambda: (t(2, 3, 4), t(6, 4), t(6)),
-                    lambda: (t(2, 3, 4), t(6, 5), t(6)), ValueError, r"weight must have shape \(Dout, Din\)"),
-    "masked_rel_pos_bias": (lambda: ops.masked_rel_pos_bias_triton, lambda: (t(9, 2), 2, t(2, 3, dtype=i64)),
-                            lambda: (t(8, 2), 2, t(2, 3, dtype=i64)), ValueError, "table has 8 rows"),
-    "rel_pos_attention": (lambda: ops.rel_pos_attention_triton,
-                          lambda: (t(2, 3, 3, 2, 4), t(9, 2), 2, t(2, 3, dtype=i64), 0.5),
-                          lambda: (t(2, 3, 3, 2, 4), t(9, 3), 2, t(2, 3, dtype=i64), 0.5), ValueError,
-                          "table must have shape"),
-    "rel_pos_attention_backward": (
-        lambda: ops.rel_pos_attention_backward_triton,
-        lambda: (t(2, 3, 2, 4), t(2, 3, 3, 2, 4), t(9, 2), t(2, 2, 3, 2), t(2, 3, dtype=i64), 2, 0.5),
-        lambda: (t(2, 3, 2, 4), t(2, 3, 3, 2, 4), t(9, 2), t(2, 2, 3, 3), t(2, 3, dtype=i64), 2, 0.5), ValueError,
-        "stats must have shape"),
-    "adan_step": (lambda: ops.adan_step_triton,
-                  lambda: ([t(3)], [t(3)], [t(3)], [t(3)], [t(3)], [t(3)], t(1), *(0.1,) * 9, False, True),
-                  lambda: ([t(3)], [t(4)], [t(3)], [t(3)], [t(3)], [t(3)], t(1), *(0.1,) * 9, False, True),
-                  ValueError, r"grads\[0\] must have shape"),
-}
-if "cpu" in mk.available_backends("cpu"):  # the C++ op without a Triton twin
-    CASES["linear"] = (lambda: ops.linear, lambda: (t(2, 3, 4), t(6, 4), None),
-                       lambda: (t(2, 3, 4), t(6, 4), t(5)), ValueError, r"bias must have shape \(Dout,\)")
+class Recorder(TorchDispatchMode):
+    """Every call of a registered op of mdt_kernels (or of the test suite's copy of it), with its outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.namespace.startswith("mdt_kernels"):
+            self.calls.append((func, args, kwargs or {}, out))
+        return out
 
 
-@pytest.mark.parametrize("op,good,bad,exc,match", CASES.values(), ids=CASES.keys())
-def test_fake_kernel_checks_inputs(op, good, bad, exc, match):
-    with FakeTensorMode():
-        op()(*good())  # well-formed inputs trace
-        with pytest.raises(exc, match=match):
-            op()(*bad())
+def recorded_calls(op: str, backend: str):
+    """The registered-op calls that op's example calls make on backend, forward, backward and (cpu) inference."""
+    decl = _registry.get(op)
+    with Recorder() as rec, mk.use_backend(backend):
+        for sizes in SIZES:
+            for ex in decl.examples(sizes, torch.float32):
+                args = [a.detach().requires_grad_() if i in ex.grad else a for i, a in enumerate(ex.args)]
+                outs = decl.function(*args, **ex.kwargs)
+                outs = [o for o in (outs if isinstance(outs, tuple) else (outs,)) if isinstance(o, torch.Tensor)]
+                if ex.grad:
+                    torch.autograd.grad(outs, [args[i] for i in ex.grad], [torch.randn_like(o) for o in outs],
+                                        allow_unused=True)
+                    with torch.no_grad():
+                        decl.function(*args, **ex.kwargs)
+    return rec.calls
 
 
-def test_meta_tensors_checked():
-    # Meta tensors take the same fake kernels.
-    x, shift, scale = (torch.empty(s, device="meta") for s in [(2, 3, 4), (2, 4), (3, 4)])
-    with pytest.raises(ValueError, match="scale must have shape"):
-        ops.adaln_modulate_triton(x, shift, scale, 1e-6)
+def _meta(out):
+    return tree_map(lambda t: (tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t, out)
+
+
+def _first_float_to_int(args):
+    """args with the first floating-point tensor (in flattened order) cast to int32."""
+    leaves, spec = tree_flatten(args)
+    i = next(i for i, t in enumerate(leaves) if isinstance(t, torch.Tensor) and t.is_floating_point())
+    leaves[i] = leaves[i].int()
+    return spec.unflatten(leaves)
+
+
+@pytest.mark.parametrize("backend", cpu_params(("cpu", "triton", SIM)))
+@pytest.mark.parametrize("op", OPS)
+def test_fake_kernels_match_and_check(op, backend):
+    if not mk._dispatch.has_kernel(op, backend, "cpu"):
+        pytest.skip(f"{op} has no {backend} kernel")
+    calls = recorded_calls(op, backend)
+    assert calls, f"{op} called no registered op on {backend}"
+    for func, args, kwargs, out in calls:
+        detached = tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, (args, kwargs))
+        with FakeTensorMode() as mode:
+            fake_args, fake_kwargs = tree_map(lambda t: mode.from_tensor(t) if isinstance(t, torch.Tensor) else t,
+                                              detached)
+            assert _meta(func(*fake_args, **fake_kwargs)) == _meta(out), func
+            with pytest.raises((TypeError, ValueError)):
+                func(*_first_float_to_int(fake_args), **fake_kwargs)
+        meta_args, meta_kwargs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, detached)
+        assert _meta(func(*meta_args, **meta_kwargs)) == _meta(out), func

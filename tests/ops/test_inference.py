@@ -1,66 +1,54 @@
-"""The CPU inference forms (``mdt_kernels::<op>_inference``): what sampling runs under torch.no_grad() or
-inference_mode. Each is its op's forward without what only the backward reads (attention probabilities,
-the GELU input h, the LayerNorm mean/rstd); the public function picks it when autograd will not record the
-call. Checked here: the choice itself, outputs equal to the training form's (the same kernels, so exactly),
-every dtype and odd shape/stride through hypothesis, opcheck, and torch.compile over it."""
+"""The CPU inference forms (``mdt_kernels::<op>_inference``) of the ops that declare one: what sampling runs
+under torch.no_grad() or inference_mode. Each is its op's forward without what only the backward reads
+(attention statistics, the GELU input h, the LayerNorm mean/rstd); the dispatcher picks it when autograd
+will not record the call. Checked here for every such op, from its declared example calls: the choice
+itself, outputs equal to the training form's (the same kernels, so exactly), every dtype and odd
+shape/stride through hypothesis, opcheck, and torch.compile over it."""
 
 import pytest
 import torch
-from helpers import modulation, strided
+from helpers import strided
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mdt_kernels as mk
+from mdt_kernels import _registry
 
 pytestmark = pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None,
                                 reason="C++ extension not built")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+OPS = sorted(op for op, decl in _registry.all_ops().items() if decl.inference is not None)
+SIZES = _registry.Sizes(B=2, N=9, K=5, D=12, H=2, G=3)
 
 
 class Seen(TorchDispatchMode):
-    """The names of the mdt_kernels ops a block calls."""
+    """The names and arguments of the mdt_kernels ops a block calls."""
 
     def __init__(self):
         super().__init__()
         self.ops: list[str] = []
+        self.calls: list = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == "mdt_kernels":
             self.ops.append(func.name().split("::")[-1].split(".")[0])
+            self.calls.append((func, args))
         return func(*args, **(kwargs or {}))
 
 
-def _attention(B, K, H, Dh, dtype, G=None, stride=False):
-    G = G or 4
-    qkv = torch.randn(B, K, 3, H, Dh, dtype=dtype)
-    qkv = strided(qkv) if stride else qkv
-    table = torch.randn((2 * G - 1) ** 2, H, dtype=dtype)
-    ids = torch.stack([torch.randperm(G * G)[:K] for _ in range(B)])
-    return qkv, table, G, ids
+def example(op, sizes=SIZES, dtype=torch.float32, stride=False):
+    """(public function, arguments) of op's first example call; stride: its first tensor a strided view."""
+    decl = _registry.get(op)
+    args = list(decl.examples(sizes, dtype)[0].args)
+    if stride:
+        args[0] = strided(args[0])
+    return decl.function, args
 
 
-def cases(B=2, N=5, D=12, dtype=torch.float32, stride=False):
-    """op name -> (public function, training form returning the public outputs, inputs)."""
-    ops = torch.ops.mdt_kernels
-    x = torch.randn(B, N, D, dtype=dtype)
-    x = strided(x) if stride else x
-    y = torch.randn(B, N, D, dtype=dtype)
-    gate, shift, scale = modulation(B, D, 3, dtype, "cpu")
-    w, b = torch.randn(7, D, dtype=dtype) / D**0.5, torch.randn(7, dtype=dtype)
-    qkv, table, G, ids = _attention(B, min(N, 16), 2, 4, dtype, stride=stride)
-    return {
-        "linear_gelu": (mk.linear_gelu, lambda *a: ops.linear_gelu(*a)[0], (x, w, b)),
-        "rel_pos_attention": (lambda q, t, g, i, s: mk.rel_pos_attention(q, t, g, i, s),
-                              lambda *a: ops.rel_pos_attention(*a)[0], (qkv, table, G, ids, 0.5)),
-        "adaln_modulate": (mk.adaln_modulate, lambda *a: ops.adaln_modulate(*a)[0], (x, shift, scale, 1e-6)),
-        "residual_adaln_modulate": (mk.residual_adaln_modulate, lambda *a: ops.residual_adaln_modulate(*a)[:2],
-                                    (x, gate, y, shift, scale, 1e-6)),
-    }
-
-
-OPS = list(cases())
+def _requiring_grad(args):
+    return [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
 
 
 def _equal(a, b):
@@ -71,14 +59,18 @@ def _equal(a, b):
         torch.testing.assert_close(u, v, rtol=0, atol=0, equal_nan=True)
 
 
+def test_the_ops_with_an_inference_form():
+    assert OPS == ["adaln_modulate", "linear_gelu", "rel_pos_attention", "residual_adaln_modulate"]
+
+
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no input requires grad"])
 @pytest.mark.parametrize("op", OPS)
 def test_chosen_when_no_backward_will_follow(op, mode):
-    fn, _, args = cases()[op]
+    fn, args = example(op)
     if mode == "no input requires grad":
         ctx = torch.enable_grad()
     else:
-        args = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        args = _requiring_grad(args)
         ctx = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with mk.use_backend("cpu"), ctx, Seen() as seen:
         fn(*args)
@@ -87,8 +79,8 @@ def test_chosen_when_no_backward_will_follow(op, mode):
 
 @pytest.mark.parametrize("op", OPS)
 def test_training_form_when_autograd_records(op):
-    fn, _, args = cases()[op]
-    args = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    fn, args = example(op)
+    args = _requiring_grad(args)
     with mk.use_backend("cpu"), Seen() as seen:
         out = fn(*args)
     assert seen.ops == [op]
@@ -100,52 +92,39 @@ def test_training_form_when_autograd_records(op):
 @given(B=st.integers(1, 3), N=st.integers(1, 40), D=st.integers(1, 70), dtype=st.sampled_from(DTYPES),
        stride=st.booleans(), op=st.sampled_from(OPS))
 def test_equals_training_form(B, N, D, dtype, stride, op):
-    fn, training, args = cases(B, N, D, dtype, stride)[op]
-    with mk.use_backend("cpu"), torch.no_grad():
-        _equal(fn(*args), training(*args))
-
-
-def test_attention_mdt_sizes_on_every_thread_count():
-    """The per-thread probability buffers at sampling sizes (several (b, h) blocks per thread)."""
-    qkv, table, G, ids = _attention(4, 64, 6, 16, torch.float32, G=8)
-    expected = torch.ops.mdt_kernels.rel_pos_attention(qkv, table, G, ids, 0.25)[0]
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            _equal(torch.ops.mdt_kernels.rel_pos_attention_inference(qkv, table, G, ids, 0.25), expected)
-    finally:
-        torch.set_num_threads(threads)
+    sizes = _registry.Sizes(B=B, N=N, K=min(N, 16), D=D, H=2, G=4)
+    fn, args = example(op, sizes, dtype, stride)
+    with mk.use_backend("cpu"):
+        with torch.no_grad():
+            inference = fn(*args)
+        training = fn(*_requiring_grad(args))
+    _equal(inference, tuple(t.detach() for t in training) if isinstance(training, tuple) else training.detach())
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_opcheck(op):
     for dtype in (torch.float32, torch.bfloat16):
-        args = cases(dtype=dtype)[op][2]
-        torch.library.opcheck(getattr(torch.ops.mdt_kernels, f"{op}_inference"), args)
+        fn, args = example(op, dtype=dtype)
+        with mk.use_backend("cpu"), torch.no_grad(), Seen() as seen:
+            fn(*args)
+        ((func, op_args),) = seen.calls
+        torch.library.opcheck(func, op_args)
 
 
-def test_bad_input_is_a_python_error():
-    qkv, table, G, ids = _attention(2, 5, 2, 4, torch.float32)
-    ids[0, 0] = G * G  # out of the grid
-    with pytest.raises((ValueError, IndexError, RuntimeError), match="ids_keep"):
-        torch.ops.mdt_kernels.rel_pos_attention_inference(qkv, table, G, ids, 0.5)
-    x = torch.randn(2, 3, 4)
-    with pytest.raises((ValueError, RuntimeError), match="eps"):
-        torch.ops.mdt_kernels.adaln_modulate_inference(x, torch.zeros(2, 4), torch.zeros(2, 4), -1.0)
-
-
-def test_compiled_sampling_forward_uses_it():
-    _, training, args = cases()["rel_pos_attention"]
+@pytest.mark.parametrize("op", OPS)
+def test_compiled_sampling_forward_uses_it(op):
+    fn, args = example(op)
     graphs = []
 
     def backend(gm, example_inputs):
         graphs.append(str(gm.graph))
         return gm.forward
 
-    model = torch.compile(lambda q, t, i: mk.rel_pos_attention(q, t, 4, i, 0.5), fullgraph=True, backend=backend)
-    q, t, _, i, _ = args
+    torch._dynamo.reset()
+    model = torch.compile(fn, fullgraph=True, backend=backend)
     with mk.use_backend("cpu"), torch.no_grad():
-        out = model(q.requires_grad_(), t, i)
-    assert len(graphs) == 1 and "rel_pos_attention_inference" in graphs[0]
-    _equal(out, training(*args))
+        out = model(*_requiring_grad(args))
+    assert len(graphs) == 1 and f"{op}_inference" in graphs[0]
+    with mk.use_backend("cpu"):
+        training = fn(*_requiring_grad(args))
+    _equal(out, tuple(t.detach() for t in training) if isinstance(training, tuple) else training.detach())

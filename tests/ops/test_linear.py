@@ -371,12 +371,15 @@ def test_compile_does_not_specialise_the_row_count():
     assert compile_frame_count(lambda x: mk.linear(x, w, b), [(torch.randn(2, n, 4),) for n in (9, 8, 7, 6)]) <= 2
 
 
-def test_cuda_tensors_run_the_reference_or_raise():
-    # linear has no GPU kernel by design (cuBLAS is F.linear's): an explicit cuda/triton backend says so.
+def test_no_kernel_of_the_backend_runs_the_reference():
+    # linear has no GPU or Triton kernel by design (cuBLAS is F.linear's): it declares its reference its
+    # implementation there. A backend that cannot run the tensors at all still says so.
     (x, w, b), _ = make((2, 3), 4, torch.float32)
-    for backend in ("cuda", "triton"):
-        with mk.use_backend(backend), pytest.raises(mk.BackendError, match="cannot run"):
-            mk.linear(x, w, b)
+    if mk._dispatch.unavailable_reason("triton", "cpu") is None:
+        with mk.use_backend("triton"):
+            assert torch.equal(mk.linear(x, w, b), linear_ref(x, w, b))
+    with mk.use_backend("cuda"), pytest.raises(mk.BackendError, match="cannot run"):
+        mk.linear(x, w, b)
 
 
 BAD = LINEAR_BAD_INPUTS
@@ -420,3 +423,15 @@ def test_reference_is_f_linear():
     x, w, b = torch.randn(3, 4, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64), torch.randn(7)
     torch.testing.assert_close(linear_ref(x, w, b.double()), x @ w.T + b.double())
     torch.testing.assert_close(F.linear(x, w), linear_ref(x, w))
+
+
+def test_reference_gradients_without_input_features():
+    """Din = 0 (the empty cases of test_empty.py): every output row is act(b), so db sums the cotangent's rows
+    times act'(b), and x and W get zero gradients."""
+    x, w = torch.randn(4, 0, dtype=torch.float64), torch.randn(3, 0, dtype=torch.float64)
+    b, g = torch.randn(3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    _, (dx, dw, db) = forward_and_grads(linear_ref, [x, w, b], [0, 1, 2], g)
+    b64 = b.clone().requires_grad_()
+    (slope,) = torch.autograd.grad(b64, b64, torch.ones_like(b64))
+    assert dx.shape == (4, 0) and dw.shape == (3, 0)
+    torch.testing.assert_close(db, (g * slope).sum(0))

@@ -216,15 +216,34 @@ def test_cpp_op_checks_itself():
 
 @pytest.mark.skipif(mk._dispatch.unavailable_reason("triton", "cpu") is not None, reason="needs interpreted Triton")
 def test_dispatcher_uses_the_ops_kernel_set():
-    cpu, x = torch.device("cpu"), torch.randn(1, 2, 4)
+    cpu = torch.device("cpu")
     assert mk.op_kernels("rel_pos_attention", "cpu") == ("cpu", "triton", "reference")
     assert mk.op_kernels("rel_pos_attention", "cuda") == ("triton", "reference")  # no CUDA kernel
     assert mk.op_kernels("linear", "cuda") == ("reference",)
     with mk.use_backend("triton"):
         assert mk._dispatch.resolve("rel_pos_attention", cpu) == "triton"
-        assert not mk.runs_fused("linear", cpu)  # mdt's Linear then runs nn.Linear
-        with pytest.raises(mk.BackendError, match="linear has no triton kernel"):
-            mk.linear(x, torch.randn(3, 4))
+        assert not mk.runs_fused("linear", cpu)  # linear declares F.linear its implementation there
+    with mk.use_backend("auto"):  # on CUDA, auto runs the reference (SDPA): mdt's attention takes xformers or SDPA
+        assert mk._dispatch.resolve("rel_pos_attention", torch.device("cuda")) == "reference"
+
+
+@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
+def test_inference_form_at_mdt_sizes_on_every_thread_count():
+    """The per-thread buffers of the inference form at sampling sizes (several (b, h) blocks per thread)."""
+    qkv, table, ids = make(8, 6, 4, 64, 16, torch.float32, "cpu")
+    expected = torch.ops.mdt_kernels.rel_pos_attention(qkv, table, 8, ids, 0.25)[0]
+    assert_same_for_thread_counts(
+        lambda: torch.ops.mdt_kernels.rel_pos_attention_inference(qkv, table, 8, ids, 0.25), counts=(1, 2, 3))
+    torch.testing.assert_close(torch.ops.mdt_kernels.rel_pos_attention_inference(qkv, table, 8, ids, 0.25), expected,
+                               rtol=0, atol=0)
+
+
+@pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")
+def test_inference_form_checks_its_input():
+    qkv, table, ids = make(4, 2, 2, 5, 4, torch.float32, "cpu")
+    ids[0, 0] = 16  # out of the grid
+    with pytest.raises(IndexError, match="ids_keep"):
+        torch.ops.mdt_kernels.rel_pos_attention_inference(qkv, table, 4, ids, 0.5)
 
 
 @pytest.mark.skipif(mk._dispatch.unavailable_reason("cpu", "cpu") is not None, reason="C++ extension not built")

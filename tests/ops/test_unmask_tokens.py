@@ -185,3 +185,13 @@ def test_cpp_op_checks_ids_itself(backend):
         ops.unmask_tokens(xk, torch.tensor([[1, 1]]), mt, 6, None)
     with pytest.raises(exc, match=match):
         ops.unmask_tokens_backward(torch.randn(1, 6, 3), torch.tensor([[0, 6]]), False)
+
+
+def test_reference_gradients_with_nothing_kept():
+    """K = 0 (the empty cases of test_empty.py): every position is the mask token plus pos_embed, so the mask
+    token's gradient sums every row of the cotangent and pos_embed's sums it over the batch."""
+    xk, ids, mt, pe, g = make(2, 5, 4, 0, torch.float64, "cpu")
+    _, (d_xk, d_mt, d_pe) = forward_and_grads(unmask_tokens_ref, [xk, ids, mt, 5, pe], [0, 2, 4], g)
+    assert d_xk.shape == (2, 0, 4)
+    torch.testing.assert_close(d_mt, g.sum((0, 1)))
+    torch.testing.assert_close(d_pe, g.sum(0))

@@ -31,14 +31,13 @@ inline void check_adan_list(const at::TensorList& list, const at::TensorList& pa
   }
 }
 
-// Checks everything the kernels rely on; device_type is the backend's (kCPU or kCUDA).
+// Checks everything the kernels rely on: one device (the dispatcher picked the kernel of its type), one dense
+// layout per parameter, the dtypes the kernels are instantiated for.
 inline void check_adan_step(at::TensorList params, at::TensorList grads, at::TensorList exp_avg,
-                              at::TensorList exp_avg_sq, at::TensorList exp_avg_diff, at::TensorList neg_pre_grad,
-                              const at::Tensor& clip_coef, c10::DeviceType device_type) {
+                            at::TensorList exp_avg_sq, at::TensorList exp_avg_diff, at::TensorList neg_pre_grad,
+                            const at::Tensor& clip_coef) {
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
-    TORCH_CHECK_VALUE(p.device().type() == device_type, "params[", i, "] is on ", p.device(), "; this is the ",
-                      c10::DeviceTypeName(device_type), " kernel");
     TORCH_CHECK_VALUE(p.device() == params[0].device(), "params[", i, "] is on ", p.device(), " but params[0] on ",
                       params[0].device());
     MDT_CHECK_FLOAT(p);

@@ -1,3 +1,3 @@
-// Host replacement of <cuda_runtime_api.h>: csrc/simt/simt.h (the cuda_sim test backend).
+// Host replacement of <cuda_runtime_api.h>: csrc/simt/simt.h (the test suite's cuda_sim backend).
 #pragma once
 #include "../simt.h"

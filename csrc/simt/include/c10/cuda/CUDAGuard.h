@@ -1,9 +1,10 @@
-// What the CUDA bindings (csrc/cuda/<op>.cpp) take from c10::cuda, for the host build of the cuda_sim test
-// backend: the device guard and the current stream. On CPU tensors both are no-ops (one serial "stream").
+// Host replacement of <c10/cuda/CUDAGuard.h> and <c10/cuda/CUDAStream.h>, what the CUDA bindings
+// (csrc/cuda/<op>.cpp) take from c10::cuda: the device guard and the current stream. On CPU tensors both
+// are no-ops (one serial "stream").
 #pragma once
 #include <c10/core/Device.h>
 
-#include "simt.h"
+#include "../../../simt.h"
 
 namespace c10 {
 namespace cuda {
