@@ -109,26 +109,59 @@ bool amd_cpu() {
 #endif
 }
 
-// auto's choice: an engine where it runs the dtype and was measured faster than ATen (benchmarks/results).
-// fp32: mdt_kernels' own GEMM (vec/gemm.h) for the forward GEMMs at the AVX2 capability on AMD CPUs
-// (2-core EPYC: an MDTv2-S/2 sampling forward 1.05x oneDNN's; only AVX2 was measured, so AVX-512 keeps
-// oneDNN), where the backward's dx stays on ATen: alone, dx ran 1.19x faster on mdt, but the training step
-// with it was no faster (20-step medians 6918-7049 ms against 6534-6884 ms all on ATen); oneDNN with
-// AVX-512 kernels (MKL's sgemm runs its generic kernels on AMD; 3-12% per projection, forward and dx), and
-// for the forward GEMMs of AMD CPUs at other capabilities; ATen on Intel CPUs without AVX-512, where MKL is
-// tuned. bf16: oneDNN wherever it runs it (ATen's own bf16 mm calls oneDNN there too, without the bias
-// epilogue).
-Engine auto_engine(at::ScalarType dtype, bool forward_layout) {
-  if (dtype == at::kFloat) {
-    static const bool avx512 = onednn_avx512(), amd = amd_cpu();
-    const bool onednn = onednn_runs(dtype);  // probed (once) whichever layout asks first
-#if !defined(__aarch64__)
-    if (amd && forward_layout && isa::capability() == isa::Capability::kAVX2) return Engine::kMDT;
+// Where `auto` takes an engine other than ATen. A row applies to GEMMs of its dtype, on AMD (or Hygon) CPUs
+// only when amd_only, when `when` holds, and to the forward layout only (y = x w^T, not the backward's
+// dx = g W) when forward_only; the first row that applies wins, an engine it cannot run (oneDNN without the
+// dtype on this CPU) passing to the next row. Measurements: benchmarks/results/cpu_gemm_engine.md.
+enum class When { kAlways, kAVX2Kernels, kOneDNNAVX512 };  // kAVX2Kernels: our kernels run at AVX2
+
+struct AutoRow {
+  at::ScalarType dtype;
+  bool amd_only;
+  When when;
+  bool forward_only;
+  Engine engine;
+};
+
+constexpr AutoRow kAutoRows[] = {
+    // Our GEMM: an MDTv2-S/2 sampling forward 1.05x faster than on oneDNN (2-core EPYC, AVX2). dx stays on ATen:
+    // alone 1.19x faster on ours, the training step with it no faster.
+    {at::kFloat, true, When::kAVX2Kernels, true, Engine::kMDT},
+    // oneDNN's AVX-512 kernels: 3-12% per projection over MKL's sgemm, which takes its generic kernels on AMD.
+    {at::kFloat, false, When::kOneDNNAVX512, false, Engine::kOneDNN},
+    // oneDNN on AMD at other capabilities: MDT's forward projections 1.08-1.17x; its dx was no faster.
+    {at::kFloat, true, When::kAlways, true, Engine::kOneDNN},
+    // oneDNN with the bias in its epilogue: ATen's bf16 mm calls oneDNN too, then adds the bias.
+    {at::kBFloat16, false, When::kAlways, false, Engine::kOneDNN},
+    // Everything else (fp32 on Intel CPUs without AVX-512, where MKL is tuned; fp16; fp64): ATen.
+};
+
+bool holds(When when) {
+  switch (when) {
+    case When::kAVX2Kernels:
+#if defined(__aarch64__)
+      return false;
+#else
+      return isa::capability() == isa::Capability::kAVX2;
 #endif
-    if (onednn && (avx512 || (amd && forward_layout))) return Engine::kOneDNN;
-    return Engine::kATen;
+    case When::kOneDNNAVX512: {
+      static const bool avx512 = onednn_avx512();
+      return avx512;
+    }
+    default:
+      return true;
   }
-  return dtype == at::kBFloat16 && onednn_runs(dtype) ? Engine::kOneDNN : Engine::kATen;
+}
+
+Engine auto_engine(at::ScalarType dtype, bool forward_layout) {
+  static const bool amd = amd_cpu();
+  for (const AutoRow& row : kAutoRows) {
+    if (row.dtype != dtype || (row.amd_only && !amd) || (row.forward_only && !forward_layout) || !holds(row.when))
+      continue;
+    if (row.engine == Engine::kOneDNN && !onednn_runs(dtype)) continue;
+    return row.engine;
+  }
+  return Engine::kATen;
 }
 
 Setting parse(const std::string& name, const char* origin) {

@@ -1,19 +1,15 @@
 // The GEMM of mdt_kernels' CPU kernels that multiply by a weight (linear, linear_gelu).
 // Three engines compute y = x W^T (+ b):
 //   mdt     mdt_kernels' own fp32 GEMM (vec/gemm.h): BLIS-style packing and an at::vec register tile,
-//           compiled per instruction set; bias (and linear_gelu's GELU) in its epilogue. On the 2-core
-//           EPYC (AVX2) of benchmarks/results it runs MDT's projections faster than oneDNN and MKL.
+//           compiled per instruction set; bias (and linear_gelu's GELU) in its epilogue.
 //   onednn  oneDNN's inner product, reached through the dispatcher op mkldnn::_linear_pointwise that
 //           PyTorch builds with oneDNN (USE_MKLDNN); bias added in its epilogue. Its kernels pick the
-//           widest ISA the CPU has on any vendor (AVX-512 on AMD Zen 4), where ATen's fp32 mm calls
-//           MKL's sgemm, which on AMD runs its generic `def` kernels, not its AVX-512 ones: on the
-//           2-core EPYC of benchmarks/results ~8% faster on MDT's projection shapes (forward and dx).
+//           widest ISA the CPU has on any vendor, where ATen's fp32 mm calls MKL's sgemm, which on AMD runs
+//           its generic kernels.
 //   aten    at::addmm / at::mm, as F.linear runs on the CPU.
 // The engine is chosen per dtype, from a setting (MDT_KERNELS_CPU_GEMM or set_setting):
-//   auto    (default) an engine other than ATen only where it runs the dtype and was measured faster:
-//           fp32: mdt for the forward GEMMs at the AVX2 capability on AMD CPUs, oneDNN with AVX-512 and
-//           for the forward GEMMs of AMD CPUs at other capabilities; bf16: oneDNN wherever it runs;
-//           ATen otherwise;
+//   auto    (default) the table kAutoRows in gemm.cpp: an engine other than ATen only where it runs the
+//           dtype and was measured faster (benchmarks/results/cpu_gemm_engine.md);
 //   mdt     mdt for fp32, ATen for the other dtypes;
 //   onednn  oneDNN for every dtype it runs on this CPU, ATen for the others;
 //   aten    ATen for every dtype.
@@ -21,7 +17,7 @@
 // no bf16 inner product on a CPU without AVX-512 (or under ONEDNN_MAX_CPU_ISA=AVX2), and raises where
 // ATen's bf16 mm falls back to its own GEMM. So no setting ever makes a GEMM fail. float16, float64 and
 // empty inner dimensions always take ATen's. The weight gradient dW = g^T x stays at::mm in every
-// engine: oneDNN is slower than MKL on that transposed layout (mdt: not measured).
+// engine: oneDNN is slower than MKL on that transposed layout.
 #pragma once
 #include <ATen/ATen.h>
 

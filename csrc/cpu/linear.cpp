@@ -1,6 +1,6 @@
-// linear on CPU: y = x W^T + b through the GEMM engine of gemm.h (oneDNN, bias in its epilogue, where
-// PyTorch has it). Backward: dx = g W on the same engine (w^T passed as a strided view, no copy),
-// dW = g^T x with at::mm (MKL is faster than oneDNN on that layout), db = the column sums of g.
+// linear on CPU: y = x W^T + b through the GEMM engine of gemm.h (mdt, oneDNN or ATen, bias in the
+// epilogue). Backward: dx = g W on the engine gemm.h picks for that layout (w^T passed as a strided view, no
+// copy), dW = g^T x with at::mm (MKL is faster than oneDNN on that layout), db = the column sums of g.
 #include <torch/library.h>
 
 #include "gemm.h"
