@@ -23,6 +23,8 @@ def require(cond, message: Callable[[], str], error: type[Exception] = ValueErro
     """Raises error(message()) unless cond. Symbolic sizes: in a fake kernel the condition becomes
     torch._check_with's assertion; where dynamo traces a public function, a plain branch (dynamo guards on
     it, and takes no message closure that refers to tensors)."""
+    if cond is True:  # eager sizes: nothing to trace
+        return
     if torch.compiler.is_dynamo_compiling():
         if not cond:
             raise error(message())
@@ -50,9 +52,10 @@ def check_dtype(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
 
 def check_same(what: str, **tensors: torch.Tensor | None) -> None:
     """All given tensors share `what` ('device' or 'dtype')."""
-    seen = {name: getattr(t, what) for name, t in tensors.items() if t is not None}
-    if len(set(seen.values())) > 1:
-        listing = ", ".join(f"{name} on {v}" if what == "device" else f"{name} is {v}" for name, v in seen.items())
+    seen = [getattr(t, what) for t in tensors.values() if t is not None]
+    if any(v != seen[0] for v in seen[1:]):
+        listing = ", ".join(f"{name} on {getattr(t, what)}" if what == "device" else f"{name} is {getattr(t, what)}"
+                            for name, t in tensors.items() if t is not None)
         raise (TypeError if what == "dtype" else ValueError)(f"tensors must share one {what}: {listing}")
 
 
@@ -61,11 +64,16 @@ def check_shape(name: str, t: torch.Tensor, shape: tuple, layout: str) -> None:
     "(B, D)": the message names the expected shape with the free dimensions as the layout's letters."""
     if t.dim() != len(shape):
         raise ValueError(f"{name} must be {len(shape)}-D {layout}, got shape {tuple(t.shape)}")
-    letters = [s.strip() for s in layout[layout.find("(") + 1:layout.find(")")].split(",")]
-    want = ", ".join(str(w) if w is not None else letters[i] if i < len(letters) else "*" for i, w in enumerate(shape))
+
+    def message():
+        letters = [s.strip() for s in layout[layout.find("(") + 1:layout.find(")")].split(",")]
+        want = ", ".join(str(w) if w is not None else letters[i] if i < len(letters) else "*"
+                         for i, w in enumerate(shape))
+        return f"{name} must have shape {layout} = ({want}), got {tuple(t.shape)}"
+
     for size, w in zip(t.shape, shape, strict=True):
         if w is not None:
-            require(size == w, lambda: f"{name} must have shape {layout} = ({want}), got {tuple(t.shape)}")
+            require(size == w, message)
 
 
 def check_ids(name: str, ids, batch=None, tokens=None, *, batch_of: str = "", tokens_of: str = "") -> None:

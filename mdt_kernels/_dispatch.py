@@ -129,12 +129,15 @@ def _device_types(backend: str) -> tuple[str, ...]:
     return (_ADDED[backend][0],) if backend in _ADDED else _DEVICES.get(backend, ())
 
 
+def _has(decl: _registry.Op, backend: str, device_type: str) -> bool:
+    return backend != "reference" and backend in decl.impls and device_type in _device_types(backend)
+
+
 def op_kernels(op: str, device: torch.device | str) -> tuple[str, ...]:
     """The backends ``op`` has for tensors of ``device``: its kernels, then "reference" (whatever this build
     and machine can run: see available_backends)."""
-    dev = torch.device(device).type
-    impls = _registry.get(op).impls
-    return tuple(b for b in BACKENDS[1:] + tuple(_ADDED) if b in impls and dev in _device_types(b)) + ("reference",)
+    decl, dev = _registry.get(op), torch.device(device).type
+    return tuple(b for b in BACKENDS + tuple(_ADDED) if _has(decl, b, dev)) + ("reference",)
 
 
 def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
@@ -176,8 +179,8 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
 
 
 def has_kernel(op: str, backend: str, device: torch.device | str) -> bool:
-    """Whether ``op`` has a kernel of ``backend`` for ``device`` tensors."""
-    return backend in op_kernels(op, device)
+    """Whether ``op`` has a kernel of ``backend`` for ``device`` tensors (the reference counts as one)."""
+    return backend == "reference" or _has(_registry.get(op), backend, torch.device(device).type)
 
 
 _warned: set = set()
@@ -198,16 +201,18 @@ def _warn_reference(op: str, device: torch.device) -> None:
 
 def _choose(op: str, device: torch.device) -> tuple[str, str | None]:
     """(backend, why it cannot run or None) under the current setting."""
-    decl = _registry.get(op)
+    decl, dev = _registry.get(op), device.type
     if _backend != "auto":
         why = unavailable_reason(_backend, device)
-        if why is None and not has_kernel(op, _backend, device):
+        if why is None and _backend != "reference" and not _has(decl, _backend, dev):
             if decl.reference_elsewhere:
                 return "reference", None
             why = f"{op} has no {_backend} kernel (it has: {', '.join(op_kernels(op, device))})"
         return _backend, why
-    for name in decl.auto.get(device.type, AUTO_ORDER.get(device.type, ())):
-        if has_kernel(op, name, device) and unavailable_reason(name, device) is None:
+    for name in decl.auto.get(dev, AUTO_ORDER.get(dev, ())):
+        if name == "reference":
+            break
+        if _has(decl, name, dev) and unavailable_reason(name, device) is None:
             return name, None
     return "reference", None
 
@@ -266,9 +271,8 @@ def cpu_gemm_engine(dtype: torch.dtype | None = None) -> str | dict[str, str] | 
     """The engine ("mdt", "onednn" or "aten") that runs the CPU GEMMs of linear and linear_gelu in
     ``dtype``, or, without a dtype, a dict of it for float32, bfloat16, float16 and float64; None without
     the compiled extension. The setting (MDT_KERNELS_CPU_GEMM or use_cpu_gemm_engine, default "auto")
-    chooses per dtype: auto takes an engine only where this CPU runs the dtype on it and it was measured
-    faster than ATen (fp32: mdt_kernels' own GEMM for the forward GEMMs at the AVX2 capability on AMD
-    CPUs, oneDNN with AVX-512; bf16 where oneDNN has it); "mdt" takes mdt_kernels' own GEMM for fp32
+    chooses per dtype: auto follows the table in csrc/cpu/gemm.cpp (an engine other than ATen only where this
+    CPU runs the dtype on it and it was measured faster); "mdt" takes mdt_kernels' own GEMM for fp32
     (ATen for the other dtypes), "onednn" oneDNN wherever it runs the dtype, "aten" ATen always; a dtype
     oneDNN cannot run here (bf16 without AVX-512) gets ATen's under "onednn"."""
     if _EXT_ERROR is not None:

@@ -124,14 +124,15 @@ struct AutoRow {
 };
 
 constexpr AutoRow kAutoRows[] = {
-    // Our GEMM: an MDTv2-S/2 sampling forward 1.05x faster than on oneDNN (2-core EPYC, AVX2). dx stays on ATen:
-    // alone 1.19x faster on ours, the training step with it no faster.
+    // Our GEMM, bias in its epilogue, beat oneDNN and MKL on MDT's forward GEMMs; dx stays on ATen, as the
+    // training step with dx on ours too was no faster.
     {at::kFloat, true, When::kAVX2Kernels, true, Engine::kMDT},
-    // oneDNN's AVX-512 kernels: 3-12% per projection over MKL's sgemm, which takes its generic kernels on AMD.
+    // oneDNN's AVX-512 kernels beat MKL's sgemm, which takes its generic kernels on AMD CPUs.
     {at::kFloat, false, When::kOneDNNAVX512, false, Engine::kOneDNN},
-    // oneDNN on AMD at other capabilities: MDT's forward projections 1.08-1.17x; its dx was no faster.
+    // Without them, oneDNN still beats MKL's generic kernels on AMD for the forward; not for dx, whose W it
+    // reorders first.
     {at::kFloat, true, When::kAlways, true, Engine::kOneDNN},
-    // oneDNN with the bias in its epilogue: ATen's bf16 mm calls oneDNN too, then adds the bias.
+    // ATen's bf16 mm calls oneDNN too, and then adds the bias in a pass of its own.
     {at::kBFloat16, false, When::kAlways, false, Engine::kOneDNN},
     // Everything else (fp32 on Intel CPUs without AVX-512, where MKL is tuned; fp16; fp64): ATen.
 };

@@ -346,10 +346,9 @@ def check(x, gate=None, y=None, shift=None, scale=None, *, x_name="x") -> None:
 
 
 def check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, torch.SymFloat)):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    _checks.require(eps >= 0, lambda: f"eps must be >= 0, got {eps}")
 
 
 def _check_backward(x, grads=(), gate=None, y=None, scale=None, stats=(), x_name="x") -> None:

@@ -270,7 +270,7 @@ def check(qkv, table, grid_size, ids_keep, scale):
     B, K, _, H, _ = qkv.shape
     check_table(table, grid_size, heads=H)
     _checks.check_ids("ids_keep", ids_keep, B, K, batch_of="qkv", tokens_of="qkv")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.SymFloat)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     _checks.check_same("device", qkv=qkv, table=table, ids_keep=ids_keep)
 

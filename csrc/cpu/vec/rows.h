@@ -51,7 +51,7 @@ inline const acc_t<T>* load_row(const T* src, int64_t n, acc_t<T>* buf) {
 // store skips the read-for-ownership of a normal one, a third of a write stream's traffic; the price is
 // that the output is not left in cache. In a training step these outputs feed a GEMM (compute-bound on
 // CPU, its input reads are prefetched) or are read back in the backward after the working set has long
-// left the cache, so the trade pays: fwd+bwd at MDT block shapes measured 1.2-1.5x faster here. A
+// left the cache, so the trade pays (fwd+bwd at MDT block shapes, benchmarks/results). A
 // cache-hot loop over one forward alone (inputs and output fitting in L3) is the case that loses.
 // Small calls keep normal stores.
 constexpr int64_t kStreamBytes = int64_t{8} << 20;
