@@ -522,8 +522,9 @@ for _name, (_depth, _hidden, _heads) in SIZES.items():
     for _p in (2, 4, 8):
         MODELS[f"DiT-{_name}/{_p}"] = functools.partial(DiT, depth=_depth, hidden_size=_hidden, num_heads=_heads,
                                                         patch_size=_p)
-MODELS["MDTv2-Ti/2"] = functools.partial(MDTv2, patch_size=2, decode_layer=2, **TINY)
-MODELS["DiT-Ti/2"] = functools.partial(DiT, patch_size=2, **TINY)
+for _p in (2, 4):  # /4: 64 tokens on a 32x32 input, a quarter of the /2 models' 256
+    MODELS[f"MDTv2-Ti/{_p}"] = functools.partial(MDTv2, patch_size=_p, decode_layer=2, **TINY)
+    MODELS[f"DiT-Ti/{_p}"] = functools.partial(DiT, patch_size=_p, **TINY)
 
 
 def build_model(config: dict) -> nn.Module:
