@@ -114,7 +114,7 @@ def make_trainer(name: str, fused: bool, compiled: bool, args, device: torch.dev
     """(step, train_step): step() runs one training step as mdt.train does and returns the loss tensor;
     train_step is the mdt.train_step.TrainStep it calls (model, optimizer, objective)."""
     cfg = TrainConfig(model=name, batch_size=args.batch, fused=fused, precision=args.precision, compile=compiled,
-                      seed=args.seed)
+                      grad_checkpoint=getattr(args, "grad_checkpoint", False), seed=args.seed)
     config = model_config(cfg, args.input_size, args.in_channels, args.num_classes)
     train_step = build_train_step(cfg, config, device)  # the trainer's own step, seeded as rank 0
     gen = torch.Generator().manual_seed(cfg.seed)
