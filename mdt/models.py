@@ -337,15 +337,15 @@ class _DiffusionTransformer(nn.Module):
                 module.backend = backend
         return self
 
-    def forward_with_cfg(self, x, t, y, cfg_scale=None, diffusion_steps=1000, scale_pow=None,
-                         guided_channels=CFG_LEGACY_CHANNELS):
+    def forward_with_cfg(self, x, t, y, cfg_scale=None, diffusion_steps=1000, scale_pow=None, guided_channels="auto"):
         """Classifier-free guidance on a batch [cond half; uncond half] with the same noise in both halves.
 
         y holds the class labels of the first half and the null class (num_classes) in the second. The guidance
         scale follows MDT's power-cosine schedule (``cfg_schedule``); scale_pow defaults to the model's
         ``cfg_scale_pow`` (MDTv2: 4, as MDT samples; DiT: 0, a constant scale).
         Guidance applies to the first ``guided_channels`` eps channels: 3 reproduces DiT/MDT exactly (their legacy
-        quirk), None guides all of them; the other channels are each half's raw output.
+        quirk), None guides all of them, "auto" is 3 for a 4-channel (SD latent) model and all channels otherwise;
+        the other channels (and the learned variance) are each half's raw output.
         """
         if cfg_scale is None:
             return self.forward(x, t, y)
@@ -353,6 +353,8 @@ class _DiffusionTransformer(nn.Module):
             raise ValueError("classifier-free guidance needs a class-conditional model; this one is unconditional")
         half = x[: len(x) // 2]
         model_out = self.forward(torch.cat([half, half], dim=0), t, y)  # (2B, C_out, H, W)
+        if guided_channels == "auto":
+            guided_channels = CFG_LEGACY_CHANNELS if self.in_channels == 4 else None
         n = self.in_channels if guided_channels is None else guided_channels
         eps, rest = model_out[:, :n], model_out[:, n:]
         cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
