@@ -12,24 +12,20 @@ Writes benchmarks/results/grad_checkpoint_<device>_<dtype>.{md,json}.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
-import os
 import statistics
 
 import torch
 
-from benchmarks._harness import device_name, git_sha, write_results
-from benchmarks.train_step import run_config
-from mdt.train_step import PRECISIONS
+from benchmarks._harness import write_results
+from benchmarks.train_step import parse_step_args, run_config, step_meta, step_parser, step_sentence
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     c = meta["config"]
     lines = [f"# Activation checkpointing: {meta['device']} ({meta['dtype']})", "",
-             f"torch {meta['torch']}, {meta['threads']} threads, commit {meta['commit']}, {meta['date']}, load average "
-             f"at start {meta['load_avg']}. One `mdt train` step (fused ops, eager) on a batch of {c['batch']} "
+             f"{step_sentence(meta)} "
+             f"One `mdt train` step (fused ops, eager) on a batch of {c['batch']} "
              f"latents {c['in_channels']}x{c['input_size']}x{c['input_size']}, {c['num_classes']} classes; median of "
              f"{c['iters']} steps in each of {c['rounds']} rounds alternating the settings (per-round medians in "
              f"parentheses). Peak: {meta['memory']}.", "",
@@ -44,29 +40,11 @@ def markdown(meta: dict, rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["MDTv2-S/2"])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--in-channels", type=int, default=4)
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    p = step_parser(__doc__, ["MDTv2-S/2"], batch=32, warmup=2, rounds=2)
+    p.add_argument("--iters", type=int, default=3, help="timed steps per round")
+    args = parse_step_args(p, argv, ("warmup", "iters", "rounds"))
     device = torch.device(args.device)
-    memory = ("torch.cuda.max_memory_allocated over the steps minus what was allocated before" if device.type == "cuda"
-              else "peak resident set size during one extra step minus the RSS before the model was built")
-    meta = dict(device=device_name(device), dtype=args.precision, threads=torch.get_num_threads(),
-                torch=torch.__version__, commit=git_sha(), date=datetime.date.today().isoformat(),
-                load_avg=round(os.getloadavg()[0], 2), memory=memory, config=vars(args))
+    meta = step_meta(device, args, vars(args))
     runs = {(m, ckpt): [] for m in args.models for ckpt in (False, True)}
     for _ in range(args.rounds):
         for m in args.models:
