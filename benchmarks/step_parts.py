@@ -31,12 +31,9 @@ Writes benchmarks/results/step_parts_<device>_<dtype>.{md,json}.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import contextlib
-import datetime
 import functools
-import os
 import statistics
 import time
 from collections import defaultdict
@@ -46,10 +43,9 @@ from torch.profiler import ProfilerActivity, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 import mdt_kernels as mk
-from benchmarks._harness import device_name, git_sha, write_results
-from benchmarks.train_step import make_trainer
-from mdt.models import MODELS, MDTv2
-from mdt.train_step import PRECISIONS
+from benchmarks._harness import write_results
+from benchmarks.train_step import make_trainer, parse_step_args, step_meta, step_parser, step_sentence
+from mdt.models import MDTv2
 
 PREFIX = "part::"
 REST = "rest"  # a pass's own work between its parts
@@ -262,8 +258,8 @@ def _order(part: str):
 def markdown(meta: dict, rows: list[dict]) -> str:
     c = meta["config"]
     lines = [f"# Training step by part: {meta['device']} ({meta['dtype']})", "",
-             f"torch {meta['torch']}, {meta['threads']} threads, commit {meta['commit']}, {meta['date']}, load average "
-             f"at start {meta['load_avg']}. Batch {c['batch']} of {c['in_channels']}x{c['input_size']}x"
+             f"{step_sentence(meta)} "
+             f"Batch {c['batch']} of {c['in_channels']}x{c['input_size']}x"
              f"{c['input_size']}, {c['num_classes']} classes; fused ops, eager. {c['rounds']} rounds alternating the "
              f"models, each {c['warmup']} warm-up, {c['steps']} timed and {c['steps']} profiled steps; medians over "
              "rounds. Times are host time under torch.profiler (a part's backward: its autograd nodes); GFLOP from "
@@ -291,41 +287,19 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["MDTv2-Ti/2", "DiT-Ti/2"])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
-    p.add_argument("--input-size", type=int, default=32)
-    p.add_argument("--in-channels", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--device", default="cpu", choices=("cpu",))
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    p.add_argument("--warmup", type=int, default=2)
+def build_parser():
+    p = step_parser(__doc__, ["MDTv2-Ti/2", "DiT-Ti/2"], batch=64, in_channels=1, num_classes=10, warmup=2, rounds=3)
     p.add_argument("--steps", type=int, default=3, help="timed steps, then as many profiled, per round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     return p
 
 
 def main(argv=None) -> None:
     p = build_parser()
-    args = p.parse_args(argv)
-    unknown = [m for m in args.models if m not in MODELS]
-    if unknown:
-        p.error(f"unknown model {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
-    if min(args.warmup, args.steps, args.rounds) < 1:
-        p.error("--warmup, --steps and --rounds must be at least 1")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    args = parse_step_args(p, argv, ("warmup", "steps", "rounds"))
+    if args.device != "cpu":
+        p.error("step_parts profiles host time: --device cpu only")
     device = torch.device(args.device)
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f}; CPU timings on a busy machine are not representative")
-    meta = dict(device=device_name(device), dtype=args.precision, threads=torch.get_num_threads(),
-                torch=torch.__version__, commit=git_sha(), date=datetime.date.today().isoformat(),
-                load_avg=round(load, 2), config=vars(args))
+    meta = step_meta(device, args, vars(args))
     flops = {name: count_flops(name, args, device) for name in args.models}
     rounds = defaultdict(list)
     for r in range(args.rounds):

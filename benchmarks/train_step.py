@@ -114,7 +114,7 @@ def make_trainer(name: str, fused: bool, compiled: bool, args, device: torch.dev
     """(step, train_step): step() runs one training step as mdt.train does and returns the loss tensor;
     train_step is the mdt.train_step.TrainStep it calls (model, optimizer, objective)."""
     cfg = TrainConfig(model=name, batch_size=args.batch, fused=fused, precision=args.precision, compile=compiled,
-                      seed=args.seed)
+                      grad_checkpoint=getattr(args, "grad_checkpoint", False), seed=args.seed)
     config = model_config(cfg, args.input_size, args.in_channels, args.num_classes)
     train_step = build_train_step(cfg, config, device)  # the trainer's own step, seeded as rank 0
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -314,8 +314,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
         f"# Training step: {meta['device']} ({meta['dtype']})",
         "",
-        f"torch {meta['torch']}, {meta['threads']} threads, commit {meta['commit']}, {meta['date']}, load average "
-        f"at start {meta['load_avg']}. One `mdt train` step (t ~ U, Objective, backward, Adan, EMA) on a batch of "
+        f"{step_sentence(meta)} "
+        f"One `mdt train` step (t ~ U, Objective, backward, Adan, EMA) on a batch of "
         f"{c['batch']} latents {c['in_channels']}x{c['input_size']}x{c['input_size']}, {c['num_classes']} classes; "
         f"median of {c['iters']} steps after {c['warmup']} warm-up steps"
         + (f", in each of {c['rounds']} rounds that alternate the models and modes (median over all "
@@ -357,47 +357,47 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line (benchmarks/gpu_session.sh is checked against it by the tests)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["MDTv2-S/2", "DiT-S/2"], help="names from mdt.models.MODELS")
-    p.add_argument("--batch", type=int, default=8)
+def step_parser(doc: str, models: list[str], batch: int, in_channels: int = 4, num_classes: int = 1000,
+                warmup: int = 3, rounds: int = 1) -> argparse.ArgumentParser:
+    """The options of a benchmark of the training step (train_step, step_parts, grad_checkpoint): which models on
+    which batch, precision, device and threads, and how many warm-up steps and rounds."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=models, help="names from mdt.models.MODELS")
+    p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
-    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
-                   help="fused-aten: fused, with the CPU GEMMs of mdt_kernels on ATen instead of oneDNN")
-    p.add_argument("--compile", default="both", choices=list(COMPILE), help="torch.compile the Objective")
-    p.add_argument("--profile", action="store_true", help="per-op profile of every configuration")
-    p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--input-size", type=int, default=32, help="latent side (MDTv2-S/2: 32 for 256px images)")
-    p.add_argument("--in-channels", type=int, default=4)
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--in-channels", type=int, default=in_channels)
+    p.add_argument("--num-classes", type=int, default=num_classes)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (at least 1; compiled: 3 or more)")
-    p.add_argument("--iters", type=int, default=10, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="runs of each configuration, alternating models and modes (a fresh model each)")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed steps first (at least 1; compiled: 3 or more)")
+    p.add_argument("--rounds", type=int, default=rounds,
+                   help="runs of each configuration, alternating the configurations (a fresh model each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     return p
 
 
-def main(argv=None) -> None:
-    p = build_parser()
+def parse_step_args(p: argparse.ArgumentParser, argv, counts=("warmup", "rounds")) -> argparse.Namespace:
+    """step_parser's arguments, checked (models, device, counts >= 1), with the thread count applied."""
     args = p.parse_args(argv)
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         p.error(f"unknown model {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: this torch has no usable GPU (torch.cuda.is_available() is False)")
-    if min(args.warmup, args.iters, args.rounds, args.profile_steps) < 1:
-        p.error("--warmup, --iters, --rounds and --profile-steps must be at least 1")
+    if min(getattr(args, c) for c in counts) < 1:
+        p.error(f"{', '.join('--' + c.replace('_', '-') for c in counts)} must be at least 1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    return args
 
+
+def step_meta(device: torch.device, args, config: dict, **extra) -> dict:
+    """The header of a step benchmark's table: machine, software, commit, load, how memory is measured; warns
+    when a busy CPU makes timings meaningless (another busy process steals a core from the OpenMP threads)."""
     load = os.getloadavg()[0]
-    if device.type == "cpu" and load > 0.5:  # as profile_ops: another busy process steals an OpenMP thread's core
+    if device.type == "cpu" and load > 0.5:
         print(f"warning: load average {load:.2f}; CPU timings on a busy machine are not representative")
     if device.type == "cuda":
         memory = ("peak torch.cuda.max_memory_allocated over the steps, minus what was allocated before the model "
@@ -405,14 +405,38 @@ def main(argv=None) -> None:
     else:
         memory = ("peak resident set size during one extra step (sampled every ms), minus the RSS before the model was "
                   "built; includes allocator caches, and on compiled rows the compiler's own memory")
+    return dict(device=device_name(device), device_type=device.type, dtype=args.precision,
+                threads=torch.get_num_threads(), torch=torch.__version__, commit=git_sha(),
+                date=datetime.date.today().isoformat(), load_avg=round(load, 2), memory=memory, config=config, **extra)
+
+
+def step_sentence(meta: dict) -> str:
+    """The first sentence under a step benchmark's title: software, threads, commit, date and load."""
+    return (f"torch {meta['torch']}, {meta['threads']} threads, commit {meta['commit']}, {meta['date']}, load average "
+            f"at start {meta['load_avg']}.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (benchmarks/gpu_session.sh is checked against it by the tests)."""
+    p = step_parser(__doc__, ["MDTv2-S/2", "DiT-S/2"], batch=8)
+    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
+                   help="fused-aten: fused, with the CPU GEMMs of mdt_kernels on ATen instead of oneDNN")
+    p.add_argument("--compile", default="both", choices=list(COMPILE), help="torch.compile the Objective")
+    p.add_argument("--profile", action="store_true", help="per-op profile of every configuration")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10, help="timed steps per round")
+    return p
+
+
+def main(argv=None) -> None:
+    args = parse_step_args(build_parser(), argv, ("warmup", "iters", "rounds", "profile_steps"))
+    device = torch.device(args.device)
+
     config = {k: getattr(args, k) for k in ("models", "batch", "modes", "compile", "input_size", "in_channels",
                                              "num_classes", "warmup", "iters", "rounds", "seed", "profile_steps")}
-    meta = dict(device=device_name(device), device_type=device.type, dtype=args.precision,
-                threads=torch.get_num_threads(), torch=torch.__version__, commit=git_sha(),
-                date=datetime.date.today().isoformat(), load_avg=round(load, 2), memory=memory, config=config,
-                cpu_gemm_engine=(mk.cpu_gemm_engine(torch.bfloat16 if args.precision == "bf16" else torch.float32)
-                                 if device.type == "cpu" else None),
-                checks={}, warnings=[])
+    meta = step_meta(device, args, config, checks={}, warnings=[],
+                     cpu_gemm_engine=(mk.cpu_gemm_engine(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+                                      if device.type == "cpu" else None))
     print(f"{meta['device']}, torch {meta['torch']}, {args.precision}, batch {args.batch}")
     # The correctness check runs first: its untimed steps also do the once-per-process set-up (library loads,
     # thread pools) that would otherwise count in the first configuration's memory.

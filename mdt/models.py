@@ -334,15 +334,15 @@ class _DiffusionTransformer(nn.Module):
                 module.backend = backend
         return self
 
-    def forward_with_cfg(self, x, t, y, cfg_scale=None, diffusion_steps=1000, scale_pow=None,
-                         guided_channels=CFG_LEGACY_CHANNELS):
+    def forward_with_cfg(self, x, t, y, cfg_scale=None, diffusion_steps=1000, scale_pow=None, guided_channels="auto"):
         """Classifier-free guidance on a batch [cond half; uncond half] with the same noise in both halves.
 
         y holds the class labels of the first half and the null class (num_classes) in the second. The guidance
         scale follows MDT's power-cosine schedule (``cfg_schedule``); scale_pow defaults to the model's
         ``cfg_scale_pow`` (MDTv2: 4, as MDT samples; DiT: 0, a constant scale).
         Guidance applies to the first ``guided_channels`` eps channels: 3 reproduces DiT/MDT exactly (their legacy
-        quirk), None guides all of them; the other channels are each half's raw output.
+        quirk), None guides all of them, "auto" is 3 for a 4-channel (SD latent) model and all channels otherwise;
+        the other channels (and the learned variance) are each half's raw output.
         """
         if cfg_scale is None:
             return self.forward(x, t, y)
@@ -350,6 +350,8 @@ class _DiffusionTransformer(nn.Module):
             raise ValueError("classifier-free guidance needs a class-conditional model; this one is unconditional")
         half = x[: len(x) // 2]
         model_out = self.forward(torch.cat([half, half], dim=0), t, y)  # (2B, C_out, H, W)
+        if guided_channels == "auto":
+            guided_channels = CFG_LEGACY_CHANNELS if self.in_channels == 4 else None
         n = self.in_channels if guided_channels is None else guided_channels
         eps, rest = model_out[:, :n], model_out[:, n:]
         cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
@@ -519,8 +521,9 @@ for _name, (_depth, _hidden, _heads) in SIZES.items():
     for _p in (2, 4, 8):
         MODELS[f"DiT-{_name}/{_p}"] = functools.partial(DiT, depth=_depth, hidden_size=_hidden, num_heads=_heads,
                                                         patch_size=_p)
-MODELS["MDTv2-Ti/2"] = functools.partial(MDTv2, patch_size=2, decode_layer=2, **TINY)
-MODELS["DiT-Ti/2"] = functools.partial(DiT, patch_size=2, **TINY)
+for _p in (2, 4):  # /4: 64 tokens on a 32x32 input, a quarter of the /2 models' 256
+    MODELS[f"MDTv2-Ti/{_p}"] = functools.partial(MDTv2, patch_size=_p, decode_layer=2, **TINY)
+    MODELS[f"DiT-Ti/{_p}"] = functools.partial(DiT, patch_size=_p, **TINY)
 
 
 def build_model(config: dict) -> nn.Module:

@@ -37,9 +37,6 @@ def generate(model, labels: torch.Tensor, *, sampler: str = "ddpm", steps: int =
     guided = cfg_scale is not None and cfg_scale > 1.0
     if guided and model.y_embedder is None:
         raise UsageError("this model is unconditional: classifier-free guidance does not apply (use a cfg scale of 1)")
-    # DiT/MDT guide 3 of the 4 latent channels (a legacy quirk that published checkpoints expect); other
-    # channel counts are guided in full.
-    guided_channels = 3 if model.in_channels == 4 else None
     side = model.x_embedder.grid_size * model.patch_size
     shape = (model.in_channels, side, side)
     was_training = model.training
@@ -52,8 +49,7 @@ def generate(model, labels: torch.Tensor, *, sampler: str = "ddpm", steps: int =
             z = torch.randn(len(y), *shape, device=device)
             if guided:
                 null = torch.full_like(y, model.y_embedder.num_classes)
-                kwargs = {"y": torch.cat([y, null]), "cfg_scale": cfg_scale, "scale_pow": scale_pow,
-                          "guided_channels": guided_channels}
+                kwargs = {"y": torch.cat([y, null]), "cfg_scale": cfg_scale, "scale_pow": scale_pow}
                 fn, z = model.forward_with_cfg, torch.cat([z, z])
             else:
                 kwargs, fn = {"y": y}, model.forward

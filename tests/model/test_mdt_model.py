@@ -276,3 +276,22 @@ def test_dit_forward_with_cfg_is_constant_scale():
     cond, uncond = model(x_half, t_half, y), model(x_half, t_half, torch.full((2,), 1000))
     torch.testing.assert_close(out[:2, :4], uncond[:, :4] + 4.0 * (cond[:, :4] - uncond[:, :4]), atol=1e-5,
                                rtol=1e-5)
+
+
+def test_forward_with_cfg_guides_every_channel_of_a_non_latent_model():
+    """"auto": DiT/MDT's 3-of-4 quirk for 4-channel latent models only; a 1-channel model is guided in full
+    (its one eps channel), not left unguided nor its variance channel guided."""
+    model = randomize(MODELS["MDTv2-Ti/2"](input_size=8, in_channels=1, num_classes=10)).eval()
+    B = 2
+    x_half, t_half = torch.randn(B, 1, 8, 8), torch.tensor([500, 900])
+    y, null = torch.tensor([1, 2]), torch.full((B,), 10)
+    out = model.forward_with_cfg(torch.cat([x_half, x_half]), torch.cat([t_half, t_half]), torch.cat([y, null]),
+                                 cfg_scale=3.0, scale_pow=0.0)
+    cond, uncond = model(x_half, t_half, y), model(x_half, t_half, null)
+    torch.testing.assert_close(out[:B, :1], uncond[:, :1] + 3.0 * (cond[:, :1] - uncond[:, :1]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[:B, 1:], cond[:, 1:], atol=1e-6, rtol=1e-6)  # the variance channel: raw
+    latent = tiny_mdt()  # 4 channels: the legacy 3
+    x_half, t_half, y = inputs(B)
+    batch = torch.cat([x_half, x_half]), torch.cat([t_half, t_half]), torch.cat([y, torch.full((B,), 1000)])
+    assert torch.equal(latent.forward_with_cfg(*batch, cfg_scale=3.0),
+                       latent.forward_with_cfg(*batch, cfg_scale=3.0, guided_channels=3))
