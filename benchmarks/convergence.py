@@ -43,7 +43,7 @@ METRICS = (("frechet", "Frechet distance (lower is better)", min), ("accuracy", 
 DEFAULTS = {
     "digits": dict(models=["DiT-Ti/2", "MDTv2-Ti/2"], seeds=[0, 1, 2], steps=4000, eval_every=500, batch_size=64,
                    lr=2e-3, ema_decay=0.995, eval_samples=500, sampler="ddpm", sample_steps=50, cfg_scale=1.5),
-    "mnist": dict(models=["DiT-Ti/4", "MDTv2-Ti/4"], seeds=[0, 1], steps=8000, eval_every=1000, batch_size=32,
+    "mnist": dict(models=["DiT-Ti/4", "MDTv2-Ti/4"], seeds=[0, 1], steps=4000, eval_every=500, batch_size=32,
                   lr=2e-3, ema_decay=0.995, eval_samples=500, sampler="ddim", sample_steps=25, cfg_scale=1.0),
 }
 
