@@ -9,10 +9,12 @@ can run here. `nbytes` is the minimal number of bytes the mode must move, for ac
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import time
@@ -84,6 +86,73 @@ def median_time(fn: Callable[[], object], device, min_time: float = 0.3, min_rep
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+@dataclass
+class Timing:
+    """One provider's timed calls: seconds per call and the minor page faults each call took."""
+    times: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> float:
+        """Half the interquartile range over the median: 0.05 reads as +-5%."""
+        q1, _, q3 = statistics.quantiles(self.times, n=4) if len(self.times) > 1 else self.times * 3
+        return (q3 - q1) / 2 / self.median
+
+    @property
+    def faults_per_call(self) -> float:
+        return statistics.median(self.faults)
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], device, min_time: float = 0.3, min_reps: int = 7,
+                      warmup: int = 2) -> dict[str, Timing]:
+    """Times every callable of fns round-robin (each round calls each once, starting one further along), so a
+    change of machine state (another process, the allocator, the clock) falls on all of them alike; min_time
+    seconds per callable at least. Synchronises the device around every call; on a GPU each call starts with a
+    cold L2 (flush_l2, outside the timed interval)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    names = list(fns)
+    out = {name: Timing() for name in names}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_reps or (time.perf_counter() - start < min_time * len(names) and rounds < 1000):
+        for i in range(len(names)):
+            name = names[(rounds + i) % len(names)]
+            flush_l2(device)
+            sync(device)
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            fns[name]()
+            sync(device)
+            out[name].times.append(time.perf_counter() - t0)
+            out[name].faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        rounds += 1
+    return out
+
+
+# glibc's malloc serves a large block (over a threshold that it moves as the program frees, up to 32 MB) with a
+# fresh mmap and gives freed heap tops back to the system, so an op's output can come as new pages that fault
+# in on first write, on some calls or runs and not others: an 8 ms kernel call timed at 36 ms. mallopt from
+# glibc's <malloc.h>: no mmap for any size, and no trimming.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_heap() -> bool:
+    """Makes glibc's malloc keep what it frees in the heap (no mmap, no trimming), so repeated calls reuse warm
+    pages, as a training loop's steady state does; False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def copy_bandwidth(device, nbytes: int | None = None) -> float:

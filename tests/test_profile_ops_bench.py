@@ -23,6 +23,8 @@ def test_rows_are_merged_and_kept_when_cut_off(tmp_path, monkeypatch):
     (row,) = json.loads(table.read_text())["rows"]
     assert row["op"] == "gated_residual" and row["shape"].startswith("S/2") and row["mode"] == "fwd"
     assert row["best"] == "cpu" and row["ms"]["cpu"] > 0 and row["ms"]["eager"] > 0 and row["gbps"] > 0
+    assert set(row["spread"]) == set(row["faults"]) == set(row["ms"])
+    assert "±" in (tmp_path / f"ops_{CPU}_fp32.md").read_text()
 
     def cut_off(*args, **kw):  # as if the time limit struck while the second op was being measured
         raise KeyboardInterrupt
