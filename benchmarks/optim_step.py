@@ -55,14 +55,8 @@ def mdt_param_shapes(D: int, heads: int, blocks: int, skips: int, total: int | N
     return shapes
 
 
-def rows_for(shape_name: str, device: torch.device, dtype: torch.dtype, min_time: float, bw: float) -> list[dict]:
-    spec = MODELS[shape_name]
-    shapes = mdt_param_shapes(**spec)
-    n = spec["total"]
-    gen = torch.Generator(device=device).manual_seed(0)
-    params = [torch.randn(s, generator=gen, device=device, dtype=dtype).requires_grad_() for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen, device=device, dtype=dtype)
+def optimizer_providers(params: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> list[tuple]:
+    """(name, bytes moved per parameter, build) for each optimizer step to time; build() -> (holder, step)."""
     ps, gs, ss = dtype.itemsize, dtype.itemsize, 4  # Adan state is fp32; AdamW's is in the param dtype
     adan_kernel_bytes = 2 * ps + gs + 8 * ss
     adamw_bytes = 2 * ps + gs + 4 * ps
@@ -99,6 +93,18 @@ def rows_for(shape_name: str, device: torch.device, dtype: torch.dtype, min_time
                   for b in fused_backends]
     providers += [("AdamW foreach", adamw_bytes, lambda: adamw(foreach=True)),
                   ("AdamW fused", adamw_bytes, lambda: adamw(fused=True))]
+    return providers
+
+
+def rows_for(shape_name: str, device: torch.device, dtype: torch.dtype, min_time: float, bw: float) -> list[dict]:
+    spec = MODELS[shape_name]
+    shapes = mdt_param_shapes(**spec)
+    n = spec["total"]
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = [torch.randn(s, generator=gen, device=device, dtype=dtype).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, device=device, dtype=dtype)
+    providers = optimizer_providers(params, device, dtype)
 
     rows = []
     for name, bytes_per_param, build in providers:

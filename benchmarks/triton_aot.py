@@ -311,26 +311,7 @@ def main(argv=None) -> int:
             mock.patch.dict(os.environ, {"TRITON_CACHE_DIR": cache}), \
             mock.patch.object(triton.knobs.cache, "dir", cache):
         results = compile_all(jobs, args.smem_limit, args.jobs)
-    for r in results:
-        v, spill = r.variant, r.usage.get("STACK", 0) or r.usage.get("LOCAL", 0)
-        if not r.ok or spill or args.verbose:
-            status = "FAIL" if not r.ok else "SPILL" if spill else "ok"
-            print(f"{status:5} sm_{r.arch} {v.name} {describe(v)} smem={r.shared} regs={r.usage.get('REG')} "
-                  f"stack={r.usage.get('STACK')} local={r.usage.get('LOCAL')} ({r.seconds:.1f}s)")
-            print(f"      used by: {'; '.join(v.where[:3])}{' ...' if len(v.where) > 3 else ''}")
-            if r.error:
-                print(f"      {r.error}")
-
-    # Per kernel and arch: the largest shared memory and register count, and any spills.
-    print(f"\n{'kernel':30} {'arch':5} {'variants':>8} {'max smem B':>10} {'limit B':>7} {'max regs':>8} "
-          f"{'max stack B':>11}")
-    for name in kernels:
-        for arch in archs:
-            rs = [r for r in results if r.variant.name == name and r.arch == arch]
-            if rs:
-                print(f"{name:30} sm_{arch:<2} {len(rs):8} {max(r.shared for r in rs):10} "
-                      f"{args.smem_limit or SMEM_LIMIT[arch]:7} {max(r.usage.get('REG', 0) for r in rs):8} "
-                      f"{max(r.usage.get('STACK', 0) for r in rs):11}")
+    report(results, kernels, archs, args.smem_limit, args.verbose)
     failed = [r for r in results if not r.ok]
     missing = _missing_kernels(kernels) if not (args.kernel or args.op or args.dtype) else []
     print(f"\n{len(results)} compiles ({sum(r.seconds for r in results):.0f}s of compile time on {args.jobs} "
@@ -338,6 +319,30 @@ def main(argv=None) -> int:
     if missing:
         print(f"FAIL: Triton kernels of mdt_kernels that no op call launched: {', '.join(missing)}")
     return 1 if failed or missing else 0
+
+
+def report(results, kernels: list[str], archs: list[int], smem_limit: int | None, verbose: bool) -> None:
+    """Prints each failed or spilling compile (every compile with verbose), then per kernel and arch the largest
+    shared memory and register count, and any spills."""
+    for r in results:
+        v, spill = r.variant, r.usage.get("STACK", 0) or r.usage.get("LOCAL", 0)
+        if not r.ok or spill or verbose:
+            status = "FAIL" if not r.ok else "SPILL" if spill else "ok"
+            print(f"{status:5} sm_{r.arch} {v.name} {describe(v)} smem={r.shared} regs={r.usage.get('REG')} "
+                  f"stack={r.usage.get('STACK')} local={r.usage.get('LOCAL')} ({r.seconds:.1f}s)")
+            print(f"      used by: {'; '.join(v.where[:3])}{' ...' if len(v.where) > 3 else ''}")
+            if r.error:
+                print(f"      {r.error}")
+
+    print(f"\n{'kernel':30} {'arch':5} {'variants':>8} {'max smem B':>10} {'limit B':>7} {'max regs':>8} "
+          f"{'max stack B':>11}")
+    for name in kernels:
+        for arch in archs:
+            rs = [r for r in results if r.variant.name == name and r.arch == arch]
+            if rs:
+                print(f"{name:30} sm_{arch:<2} {len(rs):8} {max(r.shared for r in rs):10} "
+                      f"{smem_limit or SMEM_LIMIT[arch]:7} {max(r.usage.get('REG', 0) for r in rs):8} "
+                      f"{max(r.usage.get('STACK', 0) for r in rs):11}")
 
 
 def _missing_kernels(launched: list[str]) -> list[str]:

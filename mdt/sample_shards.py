@@ -108,7 +108,7 @@ def check_settings(folder: str, settings: dict) -> None:
 def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
     """Samples args.num_samples pictures into stem.npz (see the module docstring); returns (png, npz) paths.
     render(labels, seed) -> (n, H, W, C) uint8 pictures of one shard."""
-    from .sample import parse_classes, save_grid
+    from .sample import parse_classes
 
     n = args.num_samples
     if n < 1 or args.batch_size < 1:
@@ -124,19 +124,7 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
                 "vae": info.get("vae"), "latent_scale": info.get("latent_scale")}
     if args.precision != "fp32":  # (fp32 shard folders from before --precision existed resume as they are)
         settings["precision"] = args.precision
-    todo = None
-    if rank == 0:
-        try:
-            check_settings(folder, settings)
-            todo = [k for k in range(num_shards) if not os.path.exists(shard_path(folder, k))]
-        except (ValueError, OSError) as e:
-            todo = e  # the other ranks stop too instead of waiting for rank 0
-    if world > 1:
-        box = [todo]
-        dist.broadcast_object_list(box, src=0)
-        todo = box[0]
-    if isinstance(todo, Exception):
-        raise todo
+    todo = shards_to_do(folder, settings, num_shards, rank, world)
     mine = todo[rank::world]
     exit_after = int(os.environ.get(EXIT_AFTER_ENV, "0") or 0)
     if rank == 0:
@@ -163,17 +151,44 @@ def run_sharded(model, info: dict, args, stem: str, render) -> tuple[str, str]:
         dist.barrier()
     png, npz = stem + ".png", stem + ".npz"
     if rank == 0:
-        missing = [k for k in range(num_shards) if not os.path.exists(shard_path(folder, k))]
-        if missing:
-            raise MissingInputError(f"shards {missing[:5]} of {folder!r} are missing after sampling")
-        write_npz(npz, [lambda k=k: read_shard(shard_path(folder, k))[0] for k in range(num_shards)], labels.numpy(),
-                  write_labels=info["num_classes"] > 0)
-        grid = np.concatenate([read_shard(shard_path(folder, k))[0]
-                               for k in range(min(num_shards, -(-GRID // args.batch_size)))])[:GRID]
-        save_grid(torch.from_numpy(grid).permute(0, 3, 1, 2).float() / 127.5 - 1, png)
+        assemble(folder, num_shards, args.batch_size, labels, png, npz, write_labels=info["num_classes"] > 0)
     if world > 1:
         dist.barrier()
     return png, npz
+
+
+def shards_to_do(folder: str, settings: dict, num_shards: int, rank: int, world: int) -> list[int]:
+    """The shards not yet in folder, as rank 0 finds them (after checking that folder was sampled with these
+    settings) and tells every rank; a mismatch raises on every rank instead of leaving the others waiting."""
+    todo = None
+    if rank == 0:
+        try:
+            check_settings(folder, settings)
+            todo = [k for k in range(num_shards) if not os.path.exists(shard_path(folder, k))]
+        except (ValueError, OSError) as e:
+            todo = e
+    if world > 1:
+        box = [todo]
+        dist.broadcast_object_list(box, src=0)
+        todo = box[0]
+    if isinstance(todo, Exception):
+        raise todo
+    return todo
+
+
+def assemble(folder: str, num_shards: int, shard_size: int, labels: torch.Tensor, png: str, npz: str,
+             write_labels: bool) -> None:
+    """Writes the finished shards of folder as one .npz (streamed shard by shard) and the first GRID as a grid."""
+    from .sample import save_grid
+
+    missing = [k for k in range(num_shards) if not os.path.exists(shard_path(folder, k))]
+    if missing:
+        raise MissingInputError(f"shards {missing[:5]} of {folder!r} are missing after sampling")
+    write_npz(npz, [lambda k=k: read_shard(shard_path(folder, k))[0] for k in range(num_shards)], labels.numpy(),
+              write_labels=write_labels)
+    grid = np.concatenate([read_shard(shard_path(folder, k))[0]
+                           for k in range(min(num_shards, -(-GRID // shard_size)))])[:GRID]
+    save_grid(torch.from_numpy(grid).permute(0, 3, 1, 2).float() / 127.5 - 1, png)
 
 
 def init_process_group(device_arg: str | None) -> torch.device:
