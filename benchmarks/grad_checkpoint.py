@@ -18,19 +18,19 @@ import statistics
 import torch
 
 from benchmarks._harness import write_results
-from benchmarks.train_step import parse_step_args, run_config, step_meta, step_parser, step_sentence
+from benchmarks.train_step import parse_step_args, run_config, step_head, step_meta, step_parser
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     c = meta["config"]
-    lines = [f"# Activation checkpointing: {meta['device']} ({meta['dtype']})", "",
-             f"{step_sentence(meta)} "
-             f"One `mdt train` step (fused ops, eager) on a batch of {c['batch']} "
-             f"latents {c['in_channels']}x{c['input_size']}x{c['input_size']}, {c['num_classes']} classes; median of "
-             f"{c['iters']} steps in each of {c['rounds']} rounds alternating the settings (per-round medians in "
-             f"parentheses). Peak: {meta['memory']}.", "",
-             "| model | --grad-checkpoint | ms/step | peak MB | time vs off | memory vs off |",
-             "|---|---|---|---|---|---|"]
+    lines = step_head(
+        meta, "Activation checkpointing",
+        f"One `mdt train` step (fused ops, eager) on a batch of {c['batch']} "
+        f"latents {c['in_channels']}x{c['input_size']}x{c['input_size']}, {c['num_classes']} classes; median of "
+        f"{c['iters']} steps in each of {c['rounds']} rounds alternating the settings (per-round medians in "
+        f"parentheses). Peak: {meta['memory']}.")
+    lines += ["| model | --grad-checkpoint | ms/step | peak MB | time vs off | memory vs off |",
+              "|---|---|---|---|---|---|"]
     for r in rows:
         off = next(o for o in rows if o["model"] == r["model"] and not o["grad_checkpoint"])
         lines.append(f"| {r['model']} | {'on' if r['grad_checkpoint'] else 'off'} | {r['ms']:.0f} "

@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mdt_kernels as mk
 from benchmarks._harness import write_results
-from benchmarks.train_step import make_trainer, parse_step_args, step_meta, step_parser, step_sentence
+from benchmarks.train_step import make_trainer, parse_step_args, step_head, step_meta, step_parser
 from mdt.models import MDTv2
 
 PREFIX = "part::"
@@ -257,14 +257,14 @@ def _order(part: str):
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     c = meta["config"]
-    lines = [f"# Training step by part: {meta['device']} ({meta['dtype']})", "",
-             f"{step_sentence(meta)} "
-             f"Batch {c['batch']} of {c['in_channels']}x{c['input_size']}x"
-             f"{c['input_size']}, {c['num_classes']} classes; fused ops, eager. {c['rounds']} rounds alternating the "
-             f"models, each {c['warmup']} warm-up, {c['steps']} timed and {c['steps']} profiled steps; medians over "
-             "rounds. Times are host time under torch.profiler (a part's backward: its autograd nodes); GFLOP from "
-             "torch.utils.flop_counter on the reference ops. **slow**: time share over "
-             f"{SLOW}x the FLOP share.", ""]
+    lines = step_head(
+        meta, "Training step by part",
+        f"Batch {c['batch']} of {c['in_channels']}x{c['input_size']}x"
+        f"{c['input_size']}, {c['num_classes']} classes; fused ops, eager. {c['rounds']} rounds alternating the "
+        f"models, each {c['warmup']} warm-up, {c['steps']} timed and {c['steps']} profiled steps; medians over "
+        "rounds. Times are host time under torch.profiler (a part's backward: its autograd nodes); GFLOP from "
+        "torch.utils.flop_counter on the reference ops. **slow**: time share over "
+        f"{SLOW}x the FLOP share.")
     lines += ["| model | step ms (timed) | step ms (profiled) | GFLOP/step | GFLOP/s |", "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['step_ms']:.1f} | {r['profiled_ms']:.1f} | {r['total_gflop']:.2f} | "
               f"{r['total_gflop'] / r['step_ms'] * 1e3:.1f} |" for r in rows]

@@ -311,10 +311,8 @@ def _x(v) -> str:
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     c = meta["config"]
-    lines = [
-        f"# Training step: {meta['device']} ({meta['dtype']})",
-        "",
-        f"{step_sentence(meta)} "
+    lines = step_head(
+        meta, "Training step",
         f"One `mdt train` step (t ~ U, Objective, backward, Adan, EMA) on a batch of "
         f"{c['batch']} latents {c['in_channels']}x{c['input_size']}x{c['input_size']}, {c['num_classes']} classes; "
         f"median of {c['iters']} steps after {c['warmup']} warm-up steps"
@@ -325,8 +323,7 @@ def markdown(meta: dict, rows: list[dict]) -> str:
            else "")
         + "; fused-aten: the same with those GEMMs on ATen (MKL), as the reference runs them; "
         "unfused: the PyTorch reference + foreach Adan. First step: its seconds (compiles). Peak: "
-        f"{meta['memory']}.",
-        "",
+        f"{meta['memory']}.") + [
         "| model | params | ops | compile | ms/step | min ms | vs unfused | vs compiled unfused | first step s | "
         "peak MB | loss step 1 | loss last |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -410,10 +407,12 @@ def step_meta(device: torch.device, args, config: dict, **extra) -> dict:
                 date=datetime.date.today().isoformat(), load_avg=round(load, 2), memory=memory, config=config, **extra)
 
 
-def step_sentence(meta: dict) -> str:
-    """The first sentence under a step benchmark's title: software, threads, commit, date and load."""
-    return (f"torch {meta['torch']}, {meta['threads']} threads, commit {meta['commit']}, {meta['date']}, load average "
-            f"at start {meta['load_avg']}.")
+def step_head(meta: dict, title: str, about: str) -> list[str]:
+    """The lines above a step benchmark's tables: the title with the machine, then software, threads, commit,
+    date and load before `about`."""
+    return [f"# {title}: {meta['device']} ({meta['dtype']})", "",
+            f"torch {meta['torch']}, {meta['threads']} threads, commit {meta['commit']}, {meta['date']}, load average "
+            f"at start {meta['load_avg']}. {about}", ""]
 
 
 def build_parser() -> argparse.ArgumentParser:
