@@ -14,9 +14,10 @@ from mdt.recipes import load_recipe, shipped, tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-# The XL/2 models (742M and 675M parameters) need ~20 GB for weights, gradients, EMA and optimizer state: their
-# recipes train the S/2 model of the same family here, with every other value of the recipe.
-STAND_IN_MODEL = {"mdtv2-xl2": "MDTv2-S/2", "dit-xl2": "DiT-S/2"}
+# The XL/2 models (742M and 675M parameters) need ~20 GB for weights, gradients, EMA and optimizer state, and
+# MDTv2-B/2's checkpoint (130M parameters: weights, EMA and Adan's four states) is 3 GB to write, fsync and read
+# back: these recipes train the S/2 model of their family here, with every other value of the recipe.
+STAND_IN_MODEL = {"mdtv2-xl2": "MDTv2-S/2", "mdtv2-b2": "MDTv2-S/2", "dit-xl2": "DiT-S/2"}
 
 
 def mdt(*args):
