@@ -146,8 +146,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def keep_heap() -> bool:
-    """Makes glibc's malloc keep what it frees in the heap (no mmap, no trimming), so repeated calls reuse warm
-    pages, as a training loop's steady state does; False where the C library is not glibc."""
+    """Makes glibc's malloc keep what it frees in the heap (no mmap, no trimming), so repeated calls mostly reuse
+    warm pages, as a training loop's steady state does (not always: posix_memalign can still grow the heap for a
+    lone large buffer, so callers count the faults); False where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -1,5 +1,5 @@
 """The benchmarks' timing harness: providers interleaved round-robin with their spread and page faults, and the
-malloc setting (keep_heap) that stops fresh outputs from faulting in new pages on every call."""
+malloc setting (keep_heap) that keeps freed memory in the heap."""
 
 import subprocess
 import sys
@@ -22,22 +22,25 @@ def test_providers_interleaved_round_robin():
 
 FAULTS = """
 import sys, torch
-from benchmarks._harness import interleaved_times, keep_heap
+from benchmarks._harness import interleaved_times
 torch.set_num_threads(1)
-if sys.argv[1] == "keep":
-    assert keep_heap()
 t = interleaved_times({"fill": lambda: torch.empty(12 * 2**20).fill_(1.0)}, "cpu", min_time=0, min_reps=5)
 print(t["fill"].faults_per_call)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
-def test_keep_heap_stops_fresh_pages_faulting_in():
-    # A 48 MB output: glibc serves it with a fresh mmap on every call (its threshold stops at 32 MB), so writing
-    # it faults in all of its 4 KiB pages each time; with the heap kept, the same pages come back warm.
-    def faults(mode):
-        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
-        return float(out.stdout.split()[-1])
+def test_fresh_outputs_fault_their_pages_in_and_are_counted():
+    # The cause of profile_ops' unstable rows, and the count its rows now record: glibc serves a 48 MB output with
+    # a fresh mmap on every call (its threshold stops at 32 MB), so writing it faults in all of its 4 KiB pages.
+    # (keep_heap is not tested to remove them: glibc's posix_memalign can still grow the heap for a lone large
+    # buffer, call after call; the faults column of each row shows what happened.)
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True)
+    assert float(out.stdout.split()[-1]) >= 12_000
 
-    assert faults("system") > 10_000
-    assert faults("keep") == 0
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_keep_heap_is_accepted_by_glibc():
+    code = "from benchmarks._harness import keep_heap; print(keep_heap())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "True"
