@@ -71,21 +71,8 @@ def flush_l2(device: torch.device | str) -> None:
 
 
 def median_time(fn: Callable[[], object], device, min_time: float = 0.3, min_reps: int = 7, warmup: int = 2) -> float:
-    """Median wall time of fn() in seconds, synchronising the device around every call; on a GPU each call
-    starts with a cold L2 (flush_l2, outside the timed interval)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < min_time and len(times) < 1000):
-        flush_l2(device)
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median wall time of fn() in seconds (interleaved_times of fn alone)."""
+    return interleaved_times({"fn": fn}, device, min_time=min_time, min_reps=min_reps, warmup=warmup)["fn"].median
 
 
 @dataclass
