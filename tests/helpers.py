@@ -230,3 +230,15 @@ LINEAR_BAD_INPUTS = [
     ("weight not a tensor", lambda x, w, b: (x, 2.0, b), TypeError, "weight must be a torch.Tensor"),
     ("bias not a tensor", lambda x, w, b: (x, w, 1.0), TypeError, "bias must be a torch.Tensor"),
 ]
+
+
+def assert_gradients_without_input_features(ref, act) -> None:
+    """Din = 0 (the empty cases of test_empty.py) for ref(x, W, b) = act(x W^T + b): every output row is act(b), so
+    db sums the cotangent's rows times act'(b), and x and W get zero gradients."""
+    x, w = torch.randn(4, 0, dtype=torch.float64), torch.randn(3, 0, dtype=torch.float64)
+    b, g = torch.randn(3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    _, (dx, dw, db) = forward_and_grads(ref, [x, w, b], [0, 1, 2], g)
+    b64 = b.clone().requires_grad_()
+    (slope,) = torch.autograd.grad(act(b64), b64, torch.ones_like(b64))
+    assert dx.shape == (4, 0) and dw.shape == (3, 0)
+    torch.testing.assert_close(db, (g * slope).sum(0))

@@ -8,6 +8,7 @@ from helpers import (
     LINEAR_SHAPES,
     as_float64,
     assert_close,
+    assert_gradients_without_input_features,
     assert_same_for_thread_counts,
     backend_device_pairs,
     compile_frame_count,
@@ -351,12 +352,4 @@ def test_compile_does_not_specialise_the_row_count():
 
 
 def test_reference_gradients_without_input_features():
-    """Din = 0 (the empty cases of test_empty.py): every output row is act(b), so db sums the cotangent's rows
-    times act'(b), and x and W get zero gradients."""
-    x, w = torch.randn(4, 0, dtype=torch.float64), torch.randn(3, 0, dtype=torch.float64)
-    b, g = torch.randn(3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
-    _, (dx, dw, db) = forward_and_grads(linear_gelu_ref, [x, w, b], [0, 1, 2], g)
-    b64 = b.clone().requires_grad_()
-    (slope,) = torch.autograd.grad(F.gelu(b64, approximate="tanh"), b64, torch.ones_like(b64))
-    assert dx.shape == (4, 0) and dw.shape == (3, 0)
-    torch.testing.assert_close(db, (g * slope).sum(0))
+    assert_gradients_without_input_features(linear_gelu_ref, lambda b: F.gelu(b, approximate="tanh"))
